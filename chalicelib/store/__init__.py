@@ -1,0 +1,1 @@
+"""Connection stores. ``open_store(url)`` picks the backend named by ``CONNECTIONS_STORE``."""
