@@ -1,4 +1,4 @@
-"""The app's exception hierarchy: everything it raises on purpose derives from :class:`WsAppError`."""
+"""The app's exception hierarchy: everything raised on purpose derives from WsAppError."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from chalicelib.errors import StoreError
 
@@ -37,6 +37,15 @@ DEFAULT_ATTEMPTS = 4
 T = TypeVar("T")
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
+
+
+class StoreOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`ConnectionStore.__init__`, for backends to pass through."""
+
+    clock: Clock
+    sleep: Sleep
+    attempts: int
+    base_delay: float
 
 
 class TransientStoreError(StoreError):
@@ -64,6 +73,9 @@ class ConnectionRecord:
     welcomed: bool
     source_ip: str = ""
     user: str | None = None
+    #: The management-API endpoint that reaches this connection (for pushes and sweeps, which
+    #: run without a WebSocket event to derive it from).
+    endpoint: str = ""
 
     @property
     def expires_at(self) -> float:
@@ -79,7 +91,10 @@ class ConnectionStore(ABC):
     """Connection records and room memberships.
 
     All times are epoch seconds (floats).  ``clock`` and ``sleep`` are injected so tests control
-    expiry and retries without waiting.  Every public method is safe to call from several threads.
+    expiry and retries without waiting.  Every public method is safe to call from several threads,
+    raises ``ValueError`` for an empty connection id or room name (a caller bug, never retried),
+    :class:`TransientStoreError` when the backend still fails transiently after the bounded retries,
+    and :class:`~chalicelib.errors.StoreError` for any other backend failure.
     """
 
     def __init__(
@@ -106,6 +121,7 @@ class ConnectionStore(ABC):
         connected_at: float,
         source_ip: str = "",
         user: str | None = None,
+        endpoint: str = "",
     ) -> None:
         """Record a new connection (idempotent: registering again keeps the welcome state).
 
@@ -120,11 +136,13 @@ class ConnectionStore(ABC):
             welcomed=False,
             source_ip=source_ip,
             user=user,
+            endpoint=endpoint,
         )
         self._retrying(lambda: self._register(record))
 
     def get(self, connection_id: str) -> ConnectionRecord | None:
         """The connection's record, or None when unknown or expired."""
+        _check_id(connection_id)
         record = self._retrying(lambda: self._get(connection_id))
         if record is None or record.expires_at <= self._clock():
             return None
@@ -135,8 +153,11 @@ class ConnectionStore(ABC):
 
         Exactly one caller across all processes ever gets :attr:`Claim.CLAIMED` for a connection.
         With ``touch`` the call also records activity (``last_seen = now``) in the same write, so a
-        message costs one store write whether or not it is the first.
+        message costs one store write whether or not it is the first (DynamoDB: the first message
+        of a connection costs two, see :mod:`chalicelib.store.dynamodb`).  An expired record counts
+        as :attr:`Claim.UNKNOWN`; backends check expiry inside the atomic write.
         """
+        _check_id(connection_id)
         now = self._clock()
         return self._retrying(lambda: self._claim_welcome(connection_id, now, touch))
 
@@ -145,30 +166,41 @@ class ConnectionStore(ABC):
 
         Idempotent: removing an unknown connection returns ``[]``.
         """
+        _check_id(connection_id)
         return self._retrying(lambda: self._remove(connection_id))
 
     def join(self, connection_id: str, room: str) -> int:
         """Add the connection to ``room`` (idempotent); return the member count after joining."""
+        _check_id(connection_id)
+        _check_room(room)
         now = self._clock()
         return self._retrying(lambda: self._join(connection_id, room, now))
 
     def leave(self, connection_id: str, room: str) -> bool:
         """Remove the connection from ``room``; True if it was a member."""
+        _check_id(connection_id)
+        _check_room(room)
         return self._retrying(lambda: self._leave(connection_id, room))
 
     def is_member(self, connection_id: str, room: str) -> bool:
+        _check_id(connection_id)
+        _check_room(room)
         return self._retrying(lambda: self._is_member(connection_id, room))
 
     def rooms_of(self, connection_id: str) -> list[str]:
         """The rooms the connection is in, sorted."""
+        _check_id(connection_id)
         return sorted(self._retrying(lambda: self._rooms_of(connection_id)))
 
     def members(self, room: str) -> list[str]:
         """Connection ids of the room's members (one paginated query, never a scan)."""
+        _check_room(room)
         return self._retrying(lambda: list(self._members(room)))
 
     def idle_connections(self, idle_for: float, limit: int = 1000) -> list[ConnectionRecord]:
         """Connections with no activity for ``idle_for`` seconds (oldest first), for the sweep."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
         cutoff = self._clock() - idle_for
         return self._retrying(lambda: list(self._idle_connections(cutoff, limit)))
 
@@ -222,3 +254,8 @@ class ConnectionStore(ABC):
 def _check_id(connection_id: str) -> None:
     if not connection_id or not isinstance(connection_id, str):
         raise ValueError("connection_id must be a non-empty string")
+
+
+def _check_room(room: str) -> None:
+    if not room or not isinstance(room, str):
+        raise ValueError("room must be a non-empty string")

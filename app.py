@@ -1,0 +1,111 @@
+"""WebSocket rooms on API Gateway + Lambda, safe against the "410 Gone" family of bugs.
+
+Each handler is a few lines: it reads the event and hands it to :mod:`chalicelib.service`.
+The library is imported on first use, not at import time, so cold starts stay close to a bare
+Chalice app and importing this module needs no credentials or network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from chalice.app import (
+    BadRequestError,
+    Chalice,
+    IAMAuthorizer,
+    Rate,
+    SQSEvent,
+    WebsocketEvent,
+)
+
+if TYPE_CHECKING:
+    from chalicelib.service import Messaging
+
+app = Chalice(app_name="ws-rooms")
+app.experimental_feature_flags.update(["WEBSOCKETS"])
+app.log.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+logging.getLogger("chalicelib").setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+
+#: The follow-up queue's name; deployment resources and the local gateway use the same one.
+WELCOME_QUEUE_NAME = os.environ.get("WELCOME_QUEUE_NAME", "ws-rooms-welcome")
+
+
+def _messaging() -> Messaging:
+    from chalicelib.runtime import messaging
+
+    return messaging()
+
+
+def _endpoint(event: dict[str, Any]) -> tuple[Any, str]:
+    from chalicelib.events import connection_context, management_endpoint
+
+    ctx = connection_context(event)
+    settings_endpoint = os.environ.get("WS_MANAGEMENT_ENDPOINT")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return ctx, management_endpoint(ctx, override=settings_endpoint, region=region)
+
+
+@app.on_ws_connect()
+def connect(event: WebsocketEvent) -> dict[str, Any]:
+    ctx, endpoint = _endpoint(event.to_dict())
+    _messaging().on_connect(ctx, endpoint)
+    return {"statusCode": 200}
+
+
+@app.on_ws_message()
+def message(event: WebsocketEvent) -> None:
+    raw = event.to_dict()
+    ctx, endpoint = _endpoint(raw)
+    _messaging().on_message(ctx, endpoint, raw.get("body"), bool(raw.get("isBase64Encoded")))
+
+
+@app.on_ws_disconnect()
+def disconnect(event: WebsocketEvent) -> None:
+    from chalicelib.events import connection_context
+
+    _messaging().on_disconnect(connection_context(event.to_dict()))
+
+
+@app.on_sqs_message(queue=WELCOME_QUEUE_NAME, batch_size=10)
+def welcome_follow_up(event: SQSEvent) -> None:
+    from chalicelib.errors import BadEventError
+    from chalicelib.welcome import FollowUp
+
+    service = _messaging()
+    undecided = []
+    for record in event:
+        try:
+            service.on_welcome_follow_up(FollowUp.from_json(record.body))
+        except BadEventError:
+            # A malformed body never gets better: drop it rather than redeliver it forever.
+            app.log.exception("dropping malformed welcome follow-up")
+        except RuntimeError as exc:
+            undecided.append(str(exc))
+    if undecided:
+        # Raising makes SQS redeliver the batch; the welcome claim keeps redelivery harmless.
+        raise RuntimeError("; ".join(undecided))
+
+
+@app.schedule(Rate(5, unit=Rate.MINUTES))
+def sweep(event: Any) -> dict[str, int]:
+    from chalicelib.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    report = _messaging().sweep(settings.sweep_idle_seconds, settings.sweep_batch)
+    return {"checked": report.checked, "pruned": report.pruned, "unknown": report.unknown}
+
+
+@app.route("/rooms/{room}/messages", methods=["POST"], authorizer=IAMAuthorizer())
+def push_to_room(room: str) -> dict[str, int]:
+    from chalicelib.service import PushError
+
+    body = app.current_request.json_body if app.current_request else None
+    if not isinstance(body, dict) or "data" not in body:
+        raise BadRequestError('body must be a JSON object with a "data" field')
+    try:
+        counts = _messaging().push(room, body["data"])
+    except PushError as exc:
+        raise BadRequestError(str(exc)) from None
+    return {"delivered": counts.delivered, "gone": counts.gone, "failed": counts.failed}

@@ -1,0 +1,249 @@
+"""Delivery through the API Gateway management API: one call per message, typed outcomes.
+
+:class:`Deliverer` wraps one ``apigatewaymanagementapi`` client (one per endpoint, reused for
+every send) and turns each PostToConnection into an :class:`Outcome`:
+
+* ``DELIVERED``: 200.
+* ``GONE``: 410. The connection is closed; the caller prunes exactly that connection.
+* ``FORBIDDEN``: 403. IAM or endpoint misconfiguration, not the client's fault: logged as an
+  error and never pruned (pruning would silently drop live clients).
+* ``TOO_LARGE``: the frame exceeds 128 KB, refused before any call (or a 413 from the service).
+* ``FAILED``: throttling (429), 5xx or a network error that outlasted the bounded retries.
+
+There is deliberately no verify-before-send: GetConnection doubles the calls and still races
+with the close.  :meth:`Deliverer.verify` exists for the welcome follow-up and the sweep, where
+nothing is being delivered.
+
+:func:`fan_out` delivers one payload to many connections with bounded concurrency; it does not
+decide who receives (the caller does) and does not prune (the caller does, from the report).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chalicelib.protocol import MAX_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+
+logger = logging.getLogger(__name__)
+
+Sleep = Callable[[float], None]
+
+
+class Outcome(enum.Enum):
+    DELIVERED = "delivered"
+    GONE = "gone"
+    FORBIDDEN = "forbidden"
+    TOO_LARGE = "too_large"
+    FAILED = "failed"
+
+
+class Liveness(enum.Enum):
+    """What GetConnection said about a connection."""
+
+    ALIVE = "alive"
+    GONE = "gone"
+    #: The check itself failed (403, throttled past the bound...): decide nothing from it.
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with capped exponential backoff and full jitter."""
+
+    max_attempts: int = 4
+    base_delay: float = 0.05
+    max_delay: float = 1.0
+
+    def delay(self, attempt: int, rng: Callable[[], float]) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return float(rng() * min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+class _Kind(enum.Enum):
+    OK = "ok"
+    GONE = "gone"
+    FORBIDDEN = "forbidden"
+    TOO_LARGE = "too_large"
+    RETRYABLE = "retryable"
+    FATAL = "fatal"
+
+
+_RETRYABLE_CODES = {
+    "LimitExceededException",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+}
+
+
+def _classify(exc: Exception) -> _Kind:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        # The status is checked too: peers that answer a bare 410 without x-amzn-ErrorType
+        # surface as ClientError('410'), and that connection is just as gone.
+        if code == "GoneException" or status == 410:
+            return _Kind.GONE
+        if code == "ForbiddenException" or status == 403:
+            return _Kind.FORBIDDEN
+        if code == "PayloadTooLargeException" or status == 413:
+            return _Kind.TOO_LARGE
+        if code in _RETRYABLE_CODES or status == 429 or status >= 500:
+            return _Kind.RETRYABLE
+        return _Kind.FATAL
+    if isinstance(exc, BotoCoreError):
+        # Connection refused/reset, read timeouts: the call may not have happened at all.
+        return _Kind.RETRYABLE
+    return _Kind.FATAL
+
+
+@dataclass
+class CallCounter:
+    """Management-API calls made, by operation (thread-safe); benchmarks and tests read it."""
+
+    posts: int = 0
+    gets: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, operation: str) -> None:
+        with self._lock:
+            if operation == "post":
+                self.posts += 1
+            else:
+                self.gets += 1
+
+
+class Deliverer:
+    """Sends frames to connections through one management-API client.
+
+    Create one per endpoint and keep it for the container's life; it is thread-safe (boto3
+    clients are).  ``sleep`` and ``rng`` are injected so retry tests do not wait.
+    """
+
+    def __init__(
+        self,
+        client: ApiGatewayManagementApiClient,
+        *,
+        retry: RetryPolicy | None = None,
+        sleep: Sleep = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.client = client
+        self.retry = retry or RetryPolicy()
+        self.calls = CallCounter()
+        self._sleep = sleep
+        self._rng = rng
+
+    def post(self, connection_id: str, payload: bytes) -> Outcome:
+        """Deliver ``payload`` as one text frame; never raises for AWS errors.
+
+        Call once per recipient per message.  Returns :attr:`Outcome.TOO_LARGE` without any call
+        when the payload is over 128 KB.
+        """
+        if len(payload) > MAX_MESSAGE_BYTES:
+            return Outcome.TOO_LARGE
+        kind = self._call("post", connection_id, payload)
+        return {
+            _Kind.OK: Outcome.DELIVERED,
+            _Kind.GONE: Outcome.GONE,
+            _Kind.FORBIDDEN: Outcome.FORBIDDEN,
+            _Kind.TOO_LARGE: Outcome.TOO_LARGE,
+        }.get(kind, Outcome.FAILED)
+
+    def verify(self, connection_id: str) -> Liveness:
+        """Ask API Gateway whether the connection is open (GetConnection)."""
+        kind = self._call("get", connection_id, b"")
+        if kind is _Kind.OK:
+            return Liveness.ALIVE
+        if kind is _Kind.GONE:
+            return Liveness.GONE
+        return Liveness.UNKNOWN
+
+    def _call(self, operation: str, connection_id: str, payload: bytes) -> _Kind:
+        kind = _Kind.FATAL
+        for attempt in range(1, self.retry.max_attempts + 1):
+            self.calls.count(operation)
+            try:
+                if operation == "post":
+                    self.client.post_to_connection(ConnectionId=connection_id, Data=payload)
+                else:
+                    self.client.get_connection(ConnectionId=connection_id)
+                return _Kind.OK
+            except (ClientError, BotoCoreError) as exc:
+                kind = _classify(exc)
+                if kind is _Kind.FORBIDDEN:
+                    logger.error(
+                        "management API refused %s on %s with 403: check the function's "
+                        "execute-api:ManageConnections permission and the endpoint (%s)",
+                        operation,
+                        connection_id,
+                        self.client.meta.endpoint_url,
+                    )
+                if kind is not _Kind.RETRYABLE:
+                    if kind is _Kind.FATAL:
+                        logger.error("management API %s on %s failed: %s", operation,
+                                     connection_id, exc)
+                    return kind
+                if attempt < self.retry.max_attempts:
+                    self._sleep(self.retry.delay(attempt, self._rng))
+                else:
+                    logger.warning(
+                        "management API %s on %s still failing after %d attempts: %s",
+                        operation, connection_id, attempt, exc,
+                    )
+        return kind
+
+
+@dataclass
+class FanOutReport:
+    """What happened to each recipient of one fan-out."""
+
+    delivered: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    forbidden: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    too_large: list[str] = field(default_factory=list)
+
+    def add(self, connection_id: str, outcome: Outcome) -> None:
+        getattr(self, outcome.value).append(connection_id)
+
+
+def fan_out(
+    deliverer: Deliverer,
+    recipients: Sequence[str],
+    payload: bytes,
+    executor: Executor | None,
+) -> FanOutReport:
+    """Post ``payload`` to every recipient; concurrency is the executor's (bounded) size.
+
+    With no executor, or one recipient, posts run inline in the caller's thread.
+    """
+    report = FanOutReport()
+    if len(payload) > MAX_MESSAGE_BYTES:
+        for connection_id in recipients:
+            report.add(connection_id, Outcome.TOO_LARGE)
+        return report
+    if executor is None or len(recipients) <= 1:
+        for connection_id in recipients:
+            report.add(connection_id, deliverer.post(connection_id, payload))
+        return report
+    outcomes = executor.map(lambda cid: deliverer.post(cid, payload), recipients)
+    for connection_id, outcome in zip(recipients, outcomes, strict=True):
+        report.add(connection_id, outcome)
+    return report

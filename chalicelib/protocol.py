@@ -1,0 +1,208 @@
+"""Protocol v1, sans I/O: turn a client frame into a typed request, and build server frames.
+
+Nothing here talks to the network or the store; :func:`parse_frame` either returns one of the
+request dataclasses or raises :class:`ProtocolError` carrying the error code the client sees.
+The contract is documented in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from chalicelib.errors import WsAppError
+
+#: API Gateway's limit for one message (and for one @connections POST body).
+MAX_MESSAGE_BYTES = 128 * 1024
+MAX_ID_CHARS = 64
+ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+PROTOCOL_VERSION = 1
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_JSON = "bad_json"
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_ACTION = "unknown_action"
+    TOO_LARGE = "too_large"
+    NOT_MEMBER = "not_member"
+    INTERNAL = "internal"
+
+
+class ProtocolError(WsAppError):
+    """A frame the server refuses; ``code`` and ``message`` go back to the client verbatim.
+
+    ``request_id`` is the frame's ``id`` when it was readable, so the error can be correlated.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Ping:
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class WhoAmI:
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Join:
+    room: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Leave:
+    room: str
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Send:
+    room: str
+    data: Any
+    id: str | None = None
+
+
+Request = Ping | WhoAmI | Join | Leave | Send
+ACTIONS = ("ping", "join", "leave", "send", "whoami")
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # json.loads accepts NaN and Infinity by default; they are not JSON and other clients choke.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_body(body: str | None, is_base64: bool) -> str:
+    """The frame's text: API Gateway hands binary frames over base64-encoded.
+
+    Raises :class:`ProtocolError` (``bad_json``) when a binary frame is not UTF-8 text.
+    """
+    if body is None:
+        raise ProtocolError(ErrorCode.BAD_JSON, "empty frame: expected a JSON object")
+    if not is_base64:
+        return body
+    try:
+        return base64.b64decode(body, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProtocolError(
+            ErrorCode.BAD_JSON, "binary frame is not UTF-8 encoded JSON text"
+        ) from exc
+
+
+def parse_frame(body: str | None, is_base64: bool = False) -> Request:
+    """Parse one client frame into a request.
+
+    Raises :class:`ProtocolError` with ``too_large`` (over 128 KB), ``bad_json`` (not JSON, or
+    not an object), ``bad_request`` (missing or invalid field) or ``unknown_action``.
+    """
+    text = decode_body(body, is_base64)
+    if len(text) > MAX_MESSAGE_BYTES or len(text.encode("utf-8", "surrogatepass")) > (
+        MAX_MESSAGE_BYTES
+    ):
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {MAX_MESSAGE_BYTES} bytes")
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, "frame is nested too deeply") from exc
+    except ValueError as exc:
+        # ValueError covers JSONDecodeError and int-too-long (CPython's digit limit).
+        raise ProtocolError(ErrorCode.BAD_JSON, f"frame is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "frame must be a JSON object")
+
+    request_id = _request_id(obj)
+    action = obj.get("action")
+    if action is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'action'", request_id)
+    if not isinstance(action, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'action' must be a string", request_id)
+    if action == "ping":
+        return Ping(id=request_id)
+    if action == "whoami":
+        return WhoAmI(id=request_id)
+    if action == "join":
+        return Join(room=_room(obj, request_id), id=request_id)
+    if action == "leave":
+        return Leave(room=_room(obj, request_id), id=request_id)
+    if action == "send":
+        room = _room(obj, request_id)
+        if "data" not in obj:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'data'", request_id)
+        return Send(room=room, data=obj["data"], id=request_id)
+    shown = action if len(action) <= 32 else action[:32] + "..."
+    raise ProtocolError(
+        ErrorCode.UNKNOWN_ACTION,
+        f"unknown action {json.dumps(shown)}; expected one of: {', '.join(ACTIONS)}",
+        request_id,
+    )
+
+
+def _request_id(obj: dict[str, Any]) -> str | None:
+    if "id" not in obj:
+        return None
+    value = obj["id"]
+    if not isinstance(value, str) or len(value) > MAX_ID_CHARS:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"field 'id' must be a string of at most {MAX_ID_CHARS} chars"
+        )
+    if not _is_encodable(value):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'id' is not valid Unicode")
+    return value
+
+
+def _room(obj: dict[str, Any], request_id: str | None) -> str:
+    if "room" not in obj:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'room'", request_id)
+    room = obj["room"]
+    if not isinstance(room, str) or not ROOM_PATTERN.fullmatch(room):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            "field 'room' must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            request_id,
+        )
+    return room
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------- server frames
+
+
+def encode_frame(type_: str, data: dict[str, Any], request_id: str | None = None) -> bytes:
+    """One server frame as UTF-8 JSON bytes: ``{"type", "data"}`` plus ``id`` for replies.
+
+    Raises :class:`ProtocolError` (``bad_request``) when ``data`` holds text that cannot be
+    encoded (a lone surrogate from a ``\\ud800`` escape): it could never reach a client intact.
+    """
+    frame: dict[str, Any] = {"type": type_, "data": data}
+    if request_id is not None:
+        frame["id"] = request_id
+    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "message contains invalid Unicode (lone surrogate)", request_id
+        ) from exc
+
+
+def error_frame(code: ErrorCode, message: str, request_id: str | None = None) -> bytes:
+    return encode_frame("error", {"code": str(code), "message": message}, request_id)

@@ -1,0 +1,129 @@
+"""Wiring: build the :class:`Messaging` service from the environment, lazily and once.
+
+Importing the app must work with no credentials and no network (cold start), so nothing here
+runs at import time: the first handler invocation builds the service, later invocations in the
+same container reuse it, with one boto3 client per management endpoint.  The cache is keyed by
+the settings, so a test (or a reloaded local gateway) that changes the environment gets a
+service built for the new values rather than a stale one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from chalicelib.delivery import Deliverer, RetryPolicy
+from chalicelib.service import Messaging
+from chalicelib.settings import Settings
+from chalicelib.store import open_store
+from chalicelib.welcome import WelcomeQueue
+
+if TYPE_CHECKING:
+    from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
+    from mypy_boto3_sqs import SQSClient
+
+_lock = threading.Lock()
+_services: dict[Settings, Messaging] = {}
+
+
+def messaging(environ: Mapping[str, str] | None = None) -> Messaging:
+    """The service for the current environment (built on first use, then reused)."""
+    settings = Settings.from_env(os.environ if environ is None else environ)
+    service = _services.get(settings)
+    if service is not None:
+        return service
+    with _lock:
+        service = _services.get(settings)
+        if service is None:
+            service = build(settings)
+            _services[settings] = service
+        return service
+
+
+def build(settings: Settings) -> Messaging:
+    """A fresh :class:`Messaging` for ``settings`` (raises ConfigError for bad settings)."""
+    store = open_store(settings.connections_store, environ=_store_environ(settings))
+    deliverers = _DelivererCache(settings)
+    executor = (
+        ThreadPoolExecutor(max_workers=settings.fanout_concurrency, thread_name_prefix="fanout")
+        if settings.fanout_concurrency > 1
+        else None
+    )
+    welcome_queue = None
+    if settings.welcome_queue_url:
+        welcome_queue = WelcomeQueue(
+            _sqs_client(settings), settings.welcome_queue_url, settings.welcome_delay_seconds
+        )
+    return Messaging(
+        store,
+        deliverers.get,
+        executor=executor,
+        welcome_queue=welcome_queue,
+        default_endpoint=settings.management_endpoint,
+    )
+
+
+def _store_environ(settings: Settings) -> dict[str, str]:
+    return {"AWS_LAMBDA_FUNCTION_NAME": "lambda"} if settings.in_lambda else {}
+
+
+class _DelivererCache:
+    """One management-API client per endpoint, created on first use (never one per send)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._deliverers: dict[str, Deliverer] = {}
+
+    def get(self, endpoint: str) -> Deliverer:
+        deliverer = self._deliverers.get(endpoint)
+        if deliverer is None:
+            with self._lock:
+                deliverer = self._deliverers.get(endpoint)
+                if deliverer is None:
+                    deliverer = Deliverer(
+                        management_client(endpoint, self._settings),
+                        retry=RetryPolicy(max_attempts=self._settings.delivery_max_attempts),
+                    )
+                    self._deliverers[endpoint] = deliverer
+        return deliverer
+
+
+def management_client(endpoint: str, settings: Settings) -> ApiGatewayManagementApiClient:
+    """A management-API client tuned for fan-out.
+
+    The pool holds as many connections as the fan-out has threads (botocore's default of 10
+    would serialise a wide fan-out), and botocore's own retries are off because
+    :class:`Deliverer` retries with its own bound and knows 410/403 must not be retried.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        max_pool_connections=max(10, settings.fanout_concurrency),
+        retries={"total_max_attempts": 1},
+        connect_timeout=3,
+        read_timeout=10,
+        tcp_keepalive=True,
+    )
+    kwargs: dict[str, Any] = {"endpoint_url": endpoint, "config": config}
+    if settings.region:
+        kwargs["region_name"] = settings.region
+    else:
+        kwargs["region_name"] = "us-east-1"
+    client: ApiGatewayManagementApiClient = boto3.session.Session().client(
+        "apigatewaymanagementapi", **kwargs
+    )
+    return client
+
+
+def _sqs_client(settings: Settings) -> SQSClient:
+    import boto3
+
+    client: SQSClient = boto3.session.Session().client(
+        "sqs", region_name=settings.region or "us-east-1"
+    )
+    return client

@@ -1,0 +1,306 @@
+"""SQLite connection store: the local default (``sqlite:///path.db``).
+
+Safe across threads and processes (``chalice local`` with several workers, tests that spawn
+processes): each thread of each process opens its own ``sqlite3`` connection, the database runs in
+WAL mode (readers never block the writer), waits up to ``busy_timeout_ms`` for a lock, and every
+read-modify-write runs inside ``BEGIN IMMEDIATE`` so it takes the write lock before reading.
+
+Not for Lambda: each container has its own disk, so ``open_store`` refuses it there.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Unpack
+
+from chalicelib.errors import StoreError
+from chalicelib.store.base import (
+    Claim,
+    ConnectionRecord,
+    ConnectionStore,
+    StoreOptions,
+    TransientStoreError,
+    expires_at,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS connections (
+    connection_id TEXT PRIMARY KEY,
+    connected_at  REAL NOT NULL,
+    last_seen     REAL NOT NULL,
+    welcomed_at   REAL NULL,
+    source_ip     TEXT NOT NULL DEFAULT '',
+    user_id       TEXT NULL,
+    expires_at    REAL NOT NULL,
+    endpoint      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS connections_last_seen ON connections (last_seen);
+CREATE TABLE IF NOT EXISTS memberships (
+    room          TEXT NOT NULL,
+    connection_id TEXT NOT NULL,
+    joined_at     REAL NOT NULL,
+    PRIMARY KEY (room, connection_id)
+);
+CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id);
+"""
+
+_RECORD_COLUMNS = (
+    "connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint"
+)
+
+
+class SqliteStore(ConnectionStore):
+    """A :class:`ConnectionStore` in one SQLite file.
+
+    The constructor creates the file, its parent directory and the schema; it raises
+    :class:`~chalicelib.errors.StoreError` when the file cannot be opened.  Operations raise
+    :class:`~chalicelib.store.base.TransientStoreError` when the database stayed locked beyond the
+    busy timeout and the base class's retries, :class:`~chalicelib.errors.StoreError` otherwise.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout_ms: int = 5000,
+        **options: Unpack[StoreOptions],
+    ) -> None:
+        super().__init__(**options)
+        self._path = Path(path)
+        self._busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create directory for {self._path}: {exc}") from exc
+        self._retrying(self._create_schema)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        """Close the calling thread's connection (others close when their thread's state dies)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+
+    # ------------------------------------------------------------------ connection handling
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        # A connection inherited through fork() must not be used in the child: open a new one.
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(
+                self._path,
+                # Autocommit: we issue BEGIN IMMEDIATE ourselves where atomicity matters; the
+                # module's implicit (deferred) transactions would upgrade read locks to write
+                # locks mid-transaction, which fails with SQLITE_BUSY instead of waiting.
+                isolation_level=None,
+                timeout=self._busy_timeout_ms / 1000,
+                # Thread-local anyway; the check only gets in the way of close() at exit.
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            self._local.pid = os.getpid()
+        return conn
+
+    @contextmanager
+    def _translated(self) -> Iterator[sqlite3.Connection]:
+        """Yield this thread's connection; map sqlite3 errors to store errors."""
+        try:
+            yield self._conn()
+        except sqlite3.OperationalError as exc:
+            message = str(exc)
+            if "locked" in message or "busy" in message:
+                raise TransientStoreError(f"sqlite {self._path}: {message}") from exc
+            raise StoreError(f"sqlite {self._path}: {message}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite {self._path}: {exc}") from exc
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        with self._translated() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # Also when COMMIT itself failed: a transaction left open would poison the
+                # thread's connection ("cannot start a transaction within a transaction").
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    def _create_schema(self) -> None:
+        with self._translated() as conn:
+            # WAL is a property of the file (persists); setting it needs a lock, hence busy_timeout
+            # is set first (in _conn) and this runs under the base class's retries.
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"sqlite {self._path}: cannot enable WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL for a local store
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    # ------------------------------------------------------------------ primitives
+
+    def _register(self, record: ConnectionRecord) -> None:
+        with self._translated() as conn:
+            # One statement, hence atomic; ON CONFLICT keeps welcomed_at (idempotent register).
+            conn.execute(
+                """
+                INSERT INTO connections
+                    (connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id,
+                     expires_at, endpoint)
+                VALUES (?, ?, ?, NULL, ?, ?, ?, ?)
+                ON CONFLICT (connection_id) DO UPDATE SET
+                    connected_at = excluded.connected_at,
+                    last_seen = max(last_seen, excluded.last_seen),
+                    source_ip = excluded.source_ip,
+                    user_id = excluded.user_id,
+                    expires_at = excluded.expires_at,
+                    endpoint = excluded.endpoint
+                """,
+                (
+                    record.connection_id,
+                    record.connected_at,
+                    record.last_seen,
+                    record.source_ip,
+                    record.user,
+                    expires_at(record.connected_at),
+                    record.endpoint,
+                ),
+            )
+
+    def _get(self, connection_id: str) -> ConnectionRecord | None:
+        with self._translated() as conn:
+            row = conn.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM connections WHERE connection_id = ?",
+                (connection_id,),
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def _claim_welcome(self, connection_id: str, now: float, touch: bool) -> Claim:
+        with self._write() as conn:
+            # The claim itself is one conditional UPDATE: whoever changes the row wins, across
+            # threads and processes.  The transaction only keeps the follow-up consistent.
+            claimed = conn.execute(
+                """
+                UPDATE connections
+                SET welcomed_at = ?,
+                    last_seen = CASE WHEN ? THEN max(last_seen, ?) ELSE last_seen END
+                WHERE connection_id = ? AND welcomed_at IS NULL AND expires_at > ?
+                """,
+                (now, touch, now, connection_id, now),
+            ).rowcount
+            if claimed:
+                return Claim.CLAIMED
+            if touch:
+                exists = conn.execute(
+                    """
+                    UPDATE connections SET last_seen = max(last_seen, ?)
+                    WHERE connection_id = ? AND expires_at > ?
+                    """,
+                    (now, connection_id, now),
+                ).rowcount
+            else:
+                exists = conn.execute(
+                    "SELECT count(*) FROM connections WHERE connection_id = ? AND expires_at > ?",
+                    (connection_id, now),
+                ).fetchone()[0]
+            return Claim.ALREADY_CLAIMED if exists else Claim.UNKNOWN
+
+    def _remove(self, connection_id: str) -> list[str]:
+        with self._write() as conn:
+            rooms = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT room FROM memberships WHERE connection_id = ? ORDER BY room",
+                    (connection_id,),
+                )
+            ]
+            conn.execute("DELETE FROM memberships WHERE connection_id = ?", (connection_id,))
+            conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
+        return rooms
+
+    def _join(self, connection_id: str, room: str, now: float) -> int:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO memberships (room, connection_id, joined_at)"
+                " VALUES (?, ?, ?)",
+                (room, connection_id, now),
+            )
+            count: int = conn.execute(
+                "SELECT count(*) FROM memberships WHERE room = ?", (room,)
+            ).fetchone()[0]
+        return count
+
+    def _leave(self, connection_id: str, room: str) -> bool:
+        with self._translated() as conn:
+            deleted = conn.execute(
+                "DELETE FROM memberships WHERE room = ? AND connection_id = ?",
+                (room, connection_id),
+            ).rowcount
+        return deleted > 0
+
+    def _is_member(self, connection_id: str, room: str) -> bool:
+        with self._translated() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM memberships WHERE room = ? AND connection_id = ?",
+                (room, connection_id),
+            ).fetchone()
+        return row is not None
+
+    def _rooms_of(self, connection_id: str) -> list[str]:
+        with self._translated() as conn:
+            rows = conn.execute(
+                "SELECT room FROM memberships WHERE connection_id = ? ORDER BY room",
+                (connection_id,),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def _members(self, room: str) -> Iterator[str]:
+        # fetchall inside the error translation: a lazy cursor would fail outside of it.
+        with self._translated() as conn:
+            rows = conn.execute(
+                "SELECT connection_id FROM memberships WHERE room = ? ORDER BY connection_id",
+                (room,),
+            ).fetchall()
+        return iter([row[0] for row in rows])
+
+    def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]:
+        with self._translated() as conn:
+            rows = conn.execute(
+                f"""
+                SELECT {_RECORD_COLUMNS} FROM connections
+                WHERE last_seen <= ? ORDER BY last_seen LIMIT ?
+                """,
+                (cutoff, limit),
+            ).fetchall()
+        return iter([_record(row) for row in rows])
+
+
+def _record(row: Any) -> ConnectionRecord:
+    connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint = row
+    return ConnectionRecord(
+        connection_id=str(connection_id),
+        connected_at=float(connected_at),
+        last_seen=float(last_seen),
+        welcomed=welcomed_at is not None,
+        source_ip=str(source_ip or ""),
+        user=None if user_id is None else str(user_id),
+        endpoint=str(endpoint or ""),
+    )

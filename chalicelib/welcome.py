@@ -1,0 +1,76 @@
+"""The delayed welcome follow-up: ``$connect`` enqueues it, an SQS handler delivers it.
+
+``$connect`` must not post (the connection is not established yet: AWS answers 410), so it
+enqueues a follow-up on SQS with ``DelaySeconds``; by the time the message is handled the
+connection is open.  The body carries the management endpoint because an SQS event has no
+API Gateway domain in it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chalicelib.errors import BadEventError
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+#: SQS accepts DelaySeconds from 0 to 900.
+MAX_DELAY_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    connection_id: str
+    endpoint: str
+
+    def to_json(self) -> str:
+        return json.dumps({"connectionId": self.connection_id, "endpoint": self.endpoint})
+
+    @classmethod
+    def from_json(cls, body: str) -> FollowUp:
+        """Parse a follow-up message body; raises :class:`BadEventError` when malformed."""
+        try:
+            obj = json.loads(body)
+        except (TypeError, ValueError) as exc:
+            raise BadEventError(f"welcome follow-up body is not JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise BadEventError("welcome follow-up body must be a JSON object")
+        connection_id, endpoint = obj.get("connectionId"), obj.get("endpoint")
+        if not isinstance(connection_id, str) or not connection_id:
+            raise BadEventError("welcome follow-up has no 'connectionId' string")
+        if not isinstance(endpoint, str) or not endpoint:
+            raise BadEventError("welcome follow-up has no 'endpoint' string")
+        return cls(connection_id=connection_id, endpoint=endpoint)
+
+
+class WelcomeQueue:
+    """Enqueues follow-ups on the queue named by ``WELCOME_QUEUE_URL``.
+
+    ``queue`` is a queue URL, or a bare queue name that is resolved once with GetQueueUrl (so a
+    stage's configuration need not spell out the account id).
+    """
+
+    def __init__(self, client: SQSClient, queue: str, delay_seconds: int) -> None:
+        if not 0 <= delay_seconds <= MAX_DELAY_SECONDS:
+            raise ValueError(f"delay_seconds must be 0..{MAX_DELAY_SECONDS}")
+        self.client = client
+        self.queue = queue
+        self.delay_seconds = delay_seconds
+        self._url: str | None = queue if "://" in queue else None
+
+    @property
+    def queue_url(self) -> str:
+        if self._url is None:
+            self._url = self.client.get_queue_url(QueueName=self.queue)["QueueUrl"]
+        return self._url
+
+    def enqueue(self, follow_up: FollowUp) -> None:
+        """Send one delayed message; raises botocore errors (the caller decides)."""
+        self.client.send_message(
+            QueueUrl=self.queue_url,
+            MessageBody=follow_up.to_json(),
+            DelaySeconds=self.delay_seconds,
+        )

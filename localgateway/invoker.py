@@ -1,0 +1,74 @@
+"""The one interface through which the gateway runs Lambda handlers.
+
+Everything that runs app code (WebSocket routes, SQS, schedules) goes through :class:`Invoker`.
+The in-process implementation calls the handler in the calling thread (the server calls it from a
+bounded thread pool); a later implementation may run each Lambda function in worker processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from chalice.app import Chalice
+from chalice.local import LambdaContext
+
+
+class InvocationError(Exception):
+    """The handler raised. ``details`` holds the formatted traceback."""
+
+    def __init__(self, function: str, message: str, details: str) -> None:
+        super().__init__(f"{function}: {message}")
+        self.function = function
+        self.details = details
+
+
+class UnknownFunctionError(LookupError):
+    pass
+
+
+class Invoker(Protocol):
+    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Run the Lambda handler ``function`` (its Chalice handler name) with ``event``.
+
+        Returns the handler's response (``{}`` when it returned nothing); raises
+        :class:`InvocationError` when the handler raised, :class:`UnknownFunctionError` when no
+        such function exists.
+        """
+        ...
+
+
+class InProcessInvoker:
+    """Calls handlers of the current app object in the calling thread.
+
+    ``app_source`` returns the current app, so a reloaded app takes effect on the next call.
+    """
+
+    def __init__(
+        self,
+        app_source: Callable[[], Chalice],
+        memory_size: int = 128,
+        timeout_ms: int = 60_000,
+    ) -> None:
+        self._app_source = app_source
+        self._memory_size = memory_size
+        self._timeout_ms = timeout_ms
+        self._local = threading.local()
+
+    def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
+        app = self._app_source()
+        handler = app.handler_map.get(function)
+        if handler is None:
+            raise UnknownFunctionError(function)
+        context = LambdaContext(function, self._memory_size, self._timeout_ms)
+        try:
+            result = handler(event, context)
+        except Exception as exc:
+            raise InvocationError(function, repr(exc), traceback.format_exc()) from exc
+        if result is None:
+            return {}
+        if isinstance(result, dict):
+            return result
+        return {"result": result}

@@ -1,0 +1,217 @@
+"""Loading a Chalice project the way ``chalice local`` does, plus the local environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from chalice.app import Chalice, ScheduledEventConfig, SQSEventConfig
+from chalice.cli.factory import CLIFactory
+from chalice.config import Config
+from chalice.local import LocalChalice
+
+LOG = logging.getLogger("localgateway")
+
+QUEUE_URL_SUFFIX = "_QUEUE_URL"
+
+
+def default_store_url(project_dir: str) -> str:
+    return "sqlite:///" + os.path.join(os.path.abspath(project_dir), ".local", "connections.db")
+
+
+def queue_name_of(value: str) -> str:
+    """``name`` for a bare queue name or a queue URL (last path segment)."""
+    return value.rstrip("/").rsplit("/", 1)[-1]
+
+
+def compute_environment(
+    stage_env: Mapping[str, str],
+    process_env: Mapping[str, str],
+    project_dir: str,
+    management_endpoint: str,
+    local_queue_urls: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment variables the app sees, on top of the stage configuration.
+
+    * ``WS_MANAGEMENT_ENDPOINT``: the local management API;
+    * ``CONNECTIONS_STORE``: the process environment's value if set, else a local SQLite file;
+    * every ``*_QUEUE_URL`` stage variable naming a local queue is rewritten to its local URL.
+    """
+    env = dict(stage_env)
+    env["WS_MANAGEMENT_ENDPOINT"] = management_endpoint
+    if process_env.get("CONNECTIONS_STORE"):
+        env["CONNECTIONS_STORE"] = process_env["CONNECTIONS_STORE"]
+    else:
+        env["CONNECTIONS_STORE"] = default_store_url(project_dir)
+    for name, value in list(env.items()):
+        if name.endswith(QUEUE_URL_SUFFIX) and local_queue_urls:
+            queue = queue_name_of(value)
+            if queue in local_queue_urls:
+                env[name] = local_queue_urls[queue]
+    return env
+
+
+def offline_aws_defaults(environ: MutableMapping[str, str]) -> dict[str, str]:
+    """Dummy credentials and a region when none are configured, so boto3 works offline."""
+    added: dict[str, str] = {}
+    has_credentials = (
+        "AWS_ACCESS_KEY_ID" in environ
+        or "AWS_PROFILE" in environ
+        or os.path.exists(
+            environ.get(
+                "AWS_SHARED_CREDENTIALS_FILE", os.path.expanduser("~/.aws/credentials")
+            )
+        )
+    )
+    if not has_credentials:
+        added["AWS_ACCESS_KEY_ID"] = "testing"
+        added["AWS_SECRET_ACCESS_KEY"] = "testing"
+    if "AWS_DEFAULT_REGION" not in environ and "AWS_REGION" not in environ:
+        added["AWS_DEFAULT_REGION"] = "us-east-1"
+    environ.update(added)
+    return added
+
+
+_GATEWAY_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _installed_dirs() -> list[str]:
+    import site
+    import sysconfig
+
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages()}
+    dirs.update(p for p in sysconfig.get_paths().values() if p)
+    return [os.path.abspath(d) + os.sep for d in dirs if d]
+
+
+def is_project_module(path: str, project_dir: str) -> bool:
+    """True for a module file of the project (not the gateway, not installed packages)."""
+    if not path.startswith(os.path.abspath(project_dir) + os.sep):
+        return False
+    if path.startswith(_GATEWAY_DIR) or "site-packages" in path.split(os.sep):
+        return False
+    return not any(path.startswith(d) for d in _installed_dirs())
+
+
+def _localize(app: Chalice) -> Chalice:
+    """What ``chalice.local.create_local_server`` does: a thread-local ``current_request``."""
+    if not isinstance(app, LocalChalice):
+        app.__class__ = type("LocalGatewayChalice", (LocalChalice, app.__class__), {})
+    return app
+
+
+@dataclass(frozen=True)
+class Functions:
+    """The handler names (Lambda functions) of an app, by trigger."""
+
+    connect: str | None
+    message: str | None
+    disconnect: str | None
+    sqs: dict[str, list[str]]  # queue name -> handler names
+    sqs_batch_size: dict[str, int]
+    schedules: list[str]
+
+    @classmethod
+    def of(cls, app: Chalice) -> Functions:
+        ws: dict[str, Any] = app.websocket_handlers
+        sqs: dict[str, list[str]] = {}
+        batch: dict[str, int] = {}
+        schedules: list[str] = []
+        for source in app.event_sources:
+            if isinstance(source, SQSEventConfig):
+                queue = source.queue or queue_name_of((source.queue_arn or "").replace(":", "/"))
+                sqs.setdefault(queue, []).append(source.name)
+                batch[source.name] = source.batch_size
+            elif isinstance(source, ScheduledEventConfig):
+                schedules.append(source.name)
+
+        def name(route: str) -> str | None:
+            entry = ws.get(route)
+            return entry.name if entry is not None else None
+
+        return cls(
+            connect=name("$connect"),
+            message=name("$default"),
+            disconnect=name("$disconnect"),
+            sqs=sqs,
+            sqs_batch_size=batch,
+            schedules=schedules,
+        )
+
+
+class Project:
+    """A Chalice project loaded for one stage; the app can be reloaded in place."""
+
+    def __init__(self, project_dir: str, stage: str = "dev") -> None:
+        self.project_dir = os.path.abspath(project_dir)
+        self.stage = stage
+        self.factory = CLIFactory(self.project_dir, environ=os.environ)
+        self.config: Config = self.factory.create_config_obj(chalice_stage_name=stage)
+        self._lock = threading.Lock()
+        self._app: Chalice | None = None
+        self.environment: dict[str, str] = {}
+        self.management_endpoint = ""
+
+    @property
+    def api_gateway_stage(self) -> str:
+        return str(self.config.api_gateway_stage)
+
+    @property
+    def stage_environment(self) -> dict[str, str]:
+        return dict(self.config.environment_variables)
+
+    @property
+    def app(self) -> Chalice:
+        with self._lock:
+            if self._app is None:
+                raise RuntimeError("app not loaded")
+            return self._app
+
+    def _purge_modules(self) -> None:
+        """Forget the app's own modules so the next import re-reads them.
+
+        Only modules of the project itself: never the gateway, nor anything installed (a
+        virtualenv inside the project directory is common).
+        """
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None) or ""
+            if name == "app" or (path and is_project_module(os.path.abspath(path),
+                                                            self.project_dir)):
+                del sys.modules[name]
+
+    def load(self, environment: Mapping[str, str], management_endpoint: str) -> Chalice:
+        """(Re)import ``app.py`` with ``environment`` applied to ``os.environ`` first."""
+        self.environment = dict(environment)
+        self.management_endpoint = management_endpoint
+        os.environ.update(self.environment)
+        self._purge_modules()
+        app = _localize(self.factory.load_chalice_app(environment_variables=self.environment))
+        # Chalice's own app.websocket_api would otherwise build an execute-api URL from apiId.
+        ws_api = getattr(app, "websocket_api", None)
+        if ws_api is not None and management_endpoint:
+            ws_api._endpoint = management_endpoint
+            ws_api._client = None
+        with self._lock:
+            self._app = app
+        return app
+
+    def reload(self) -> Chalice:
+        """Re-read the stage configuration and re-import the app (old app kept on failure)."""
+        config = self.factory.create_config_obj(chalice_stage_name=self.stage)
+        env = dict(self.environment)
+        for key, value in config.environment_variables.items():
+            if key in ("WS_MANAGEMENT_ENDPOINT", "CONNECTIONS_STORE"):
+                continue
+            if key.endswith(QUEUE_URL_SUFFIX) and key in self.environment:
+                continue
+            env[key] = value
+        self.config = config
+        return self.load(env, self.management_endpoint)
+
+    def functions(self) -> Functions:
+        return Functions.of(self.app)

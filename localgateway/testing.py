@@ -1,0 +1,161 @@
+"""Test helper: run ``python -m localgateway`` as a subprocess on free ports.
+
+Usable from any test folder::
+
+    from localgateway.testing import running_gateway
+
+    with running_gateway("tests/fixtures/echo", extra_args=["--idle-timeout", "1"]) as gw:
+        ...  # gw.rest_url, gw.ws_url, gw.management_endpoint, gw.log()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def api_gateway_stage(project_dir: str, stage: str = "dev") -> str:
+    with open(os.path.join(project_dir, ".chalice", "config.json")) as f:
+        config = json.load(f)
+    stage_config = config.get("stages", {}).get(stage, {})
+    return str(stage_config.get("api_gateway_stage", config.get("api_gateway_stage", "api")))
+
+
+@dataclass
+class Gateway:
+    """A running gateway subprocess."""
+
+    process: subprocess.Popen[bytes]
+    rest_url: str
+    ws_url: str
+    management_endpoint: str
+    gateway_url: str
+    log_path: str
+
+    def log(self) -> str:
+        """Everything the gateway printed so far (stdout and stderr)."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
+        return wait_until(lambda: self.log() if text in self.log() else None, timeout,
+                          f"{text!r} in the gateway log")
+
+
+def wait_until(check: Callable[[], T | None], timeout: float, what: str = "condition",
+               interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; bounded by ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _listening(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_gateway(
+    project_dir: str,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    python: str = sys.executable,
+    startup_timeout: float = STARTUP_TIMEOUT,
+    reload: bool = False,
+) -> Iterator[Gateway]:
+    """Start the gateway for ``project_dir`` on free ports, wait until it listens, stop it.
+
+    ``--no-reload`` is passed unless ``reload`` is true.
+    """
+    project_dir = os.path.abspath(project_dir)
+    port, ws_port = free_port(), free_port()
+    while ws_port == port:
+        ws_port = free_port()
+    stage = api_gateway_stage(project_dir)
+    cmd = [python, "-m", "localgateway", "--project-dir", project_dir,
+           "--port", str(port), "--ws-port", str(ws_port),
+           *([] if reload else ["--no-reload"]), *extra_args]
+    child_env = dict(os.environ if env is None else env)
+    child_env.setdefault("PYTHONUNBUFFERED", "1")
+    repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (repo_root, child_env.get("PYTHONPATH", "")) if p
+    )
+    fd, log_path = tempfile.mkstemp(prefix="localgateway-", suffix=".log")
+    with os.fdopen(fd, "wb") as log_file:
+        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=child_env, cwd=project_dir)
+    gateway = Gateway(
+        process=process,
+        rest_url=f"http://127.0.0.1:{port}",
+        ws_url=f"ws://127.0.0.1:{ws_port}/{stage}",
+        management_endpoint=f"http://127.0.0.1:{ws_port}/{stage}",
+        gateway_url=f"http://127.0.0.1:{ws_port}",
+        log_path=log_path,
+    )
+    try:
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"gateway exited early:\n{gateway.log()}")
+            return _listening(f"{gateway.gateway_url}/_gateway/health") and _port_open(port)
+
+        try:
+            wait_until(ready, startup_timeout, "the gateway to listen", interval=0.1)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{gateway.log()}") from None
+        yield gateway
+    finally:
+        stop_process(process)
+        with contextlib.suppress(OSError):
+            os.unlink(log_path)

@@ -1,0 +1,94 @@
+"""Shared fixtures: the app under chalice.test.Client, against a real local management API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chalice.test import Client
+
+from tests.support.events import connect_event, disconnect_event, message_event, new_connection_id
+from tests.support.management_api import FakeManagementApi
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline AWS settings: fake credentials, a region, and no real endpoints."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_LAMBDA_FUNCTION_NAME", "WELCOME_QUEUE_URL",
+                 "CONNECTIONS_STORE", "WS_MANAGEMENT_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def management_api() -> Iterator[FakeManagementApi]:
+    api = FakeManagementApi().start()
+    yield api
+    api.stop()
+
+
+class AppHarness:
+    """Drives the Chalice app's handlers the way Lambda would, and reads the results."""
+
+    def __init__(self, client: Client, api: FakeManagementApi) -> None:
+        self.client = client
+        self.api = api
+
+    def invoke(self, function: str, event: dict[str, Any]) -> Any:
+        return self.client.lambda_.invoke(function, event).payload
+
+    def connect(self, **kwargs: Any) -> str:
+        connection_id = new_connection_id()
+        self.api.open(connection_id)
+        response = self.invoke("connect", connect_event(connection_id, **kwargs))
+        assert response == {"statusCode": 200}
+        return connection_id
+
+    def send(self, connection_id: str, body: str | bytes | dict[str, Any], **kw: Any) -> Any:
+        """Send a frame and return the last frame the connection received."""
+        self.invoke("message", message_event(connection_id, body, **kw))
+        return self.api.received(connection_id)[-1]
+
+    def disconnect(self, connection_id: str) -> Any:
+        self.api.close(connection_id)
+        return self.invoke("disconnect", disconnect_event(connection_id))
+
+    def join(self, connection_id: str, room: str) -> Any:
+        return self.send(connection_id, {"action": "join", "room": room})
+
+    @property
+    def store(self) -> Any:
+        from chalicelib.runtime import messaging
+
+        return messaging().store
+
+
+@pytest.fixture
+def harness(
+    aws_env: None,
+    management_api: FakeManagementApi,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[AppHarness]:
+    monkeypatch.setenv("CONNECTIONS_STORE", f"sqlite:///{tmp_path}/connections.db")
+    monkeypatch.setenv("WS_MANAGEMENT_ENDPOINT", management_api.endpoint)
+    from app import app
+
+    with Client(app, stage_name="test", project_dir=str(ROOT)) as client:
+        yield AppHarness(client, management_api)
+
+
+def frame(data: bytes | str) -> Any:
+    return json.loads(data)
