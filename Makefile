@@ -4,11 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit run clean
+.PHONY: test lint typecheck unit run venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
@@ -22,6 +21,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest
+
+# The local gateway: REST on :8000, WebSocket on ws://127.0.0.1:8001/api (flags: ARGS="...").
+run: $(STAMP)
+	$(PY) -m localgateway --project-dir . $(ARGS)
 
 test: lint typecheck unit
 
