@@ -1,0 +1,159 @@
+"""The real app behind the real local gateway (its own process), with real WebSocket clients.
+
+These are the production code paths end to end: the app's boto3 management-API client posts
+over HTTP to the gateway's ``@connections``, and 410s come back as ``GoneException``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import websockets
+
+from localgateway.testing import Gateway, running_gateway, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 10
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WS_AUTH")}
+    env["CONNECTIONS_STORE"] = f"sqlite:///{tmp_path}/connections.db"
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """The app on the `test` stage: no welcome queue, so the welcome comes with a first reply."""
+    with running_gateway(str(ROOT), extra_args=["--stage", "test"], env=_env(tmp_path)) as gw:
+        yield gw
+
+
+async def _recv(ws: Any) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))  # type: ignore[no-any-return]
+
+
+async def _request(ws: Any, frame: dict[str, Any]) -> dict[str, Any]:
+    await ws.send(json.dumps(frame))
+    return await _recv(ws)
+
+
+def _connections(tmp_path: Path) -> set[str]:
+    with sqlite3.connect(tmp_path / "connections.db") as db:
+        return {row[0] for row in db.execute("SELECT connection_id FROM connections")}
+
+
+def test_welcome_then_pong_on_first_ping(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with websockets.connect(gateway.ws_url) as ws:
+            await ws.send(json.dumps({"action": "ping", "id": "p1"}))
+            welcome, pong = await _recv(ws), await _recv(ws)
+            assert welcome["type"] == "welcome"
+            assert isinstance(welcome["data"]["connectionId"], str)
+            assert pong == {"type": "pong", "data": {}, "id": "p1"}
+            assert await _request(ws, {"action": "ping"}) == {"type": "pong", "data": {}}
+
+    asyncio.run(scenario())
+
+
+def test_rooms_across_three_clients(gateway: Gateway) -> None:
+    async def scenario() -> None:
+        async with (
+            websockets.connect(gateway.ws_url) as a,
+            websockets.connect(gateway.ws_url) as b,
+            websockets.connect(gateway.ws_url) as c,
+        ):
+            ids = {}
+            for name, ws in (("a", a), ("b", b), ("c", c)):
+                await ws.send(json.dumps({"action": "whoami"}))
+                assert (await _recv(ws))["type"] == "welcome"
+                ids[name] = (await _recv(ws))["data"]["connectionId"]
+            assert (await _request(a, {"action": "join", "room": "lobby"}))["data"]["members"] == 1
+            assert (await _request(b, {"action": "join", "room": "lobby"}))["data"]["members"] == 2
+            await _request(c, {"action": "join", "room": "other"})
+
+            sent = await _request(a, {"action": "send", "room": "lobby", "data": {"t": "hi"}})
+            assert sent["data"] == {"room": "lobby", "delivered": 1, "gone": 0, "failed": 0}
+            assert await _recv(b) == {
+                "type": "message",
+                "data": {"room": "lobby", "from": ids["a"], "data": {"t": "hi"}},
+            }
+            # c is in another room: its next frame is the reply to its own ping, nothing else.
+            assert (await _request(c, {"action": "ping"}))["type"] == "pong"
+            bad = await _request(c, {"action": "send", "room": "lobby", "data": 1})
+            assert bad["data"]["code"] == "not_member"
+
+    asyncio.run(scenario())
+
+
+def test_gone_connection_raises_gone_exception_in_boto3(gateway: Gateway) -> None:
+    async def connection_id_then_close() -> str:
+        async with websockets.connect(gateway.ws_url) as ws:
+            await ws.send(json.dumps({"action": "whoami"}))
+            await _recv(ws)
+            return str((await _recv(ws))["data"]["connectionId"])
+
+    connection_id = asyncio.run(connection_id_then_close())
+    client = boto3.client(
+        "apigatewaymanagementapi", endpoint_url=gateway.management_endpoint,
+        region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+    )
+    wait_until(lambda: "closed" in gateway.log(), TIMEOUT, "the close")
+    with pytest.raises(client.exceptions.GoneException):
+        client.post_to_connection(ConnectionId=connection_id, Data=b"{}")
+    with pytest.raises(client.exceptions.GoneException):
+        client.get_connection(ConnectionId=connection_id)
+    with pytest.raises(client.exceptions.GoneException):
+        client.delete_connection(ConnectionId=connection_id)
+
+
+def test_dropped_disconnect_record_is_pruned_by_the_next_room_send(tmp_path: Path) -> None:
+    with running_gateway(
+        str(ROOT), extra_args=["--stage", "test", "--drop-disconnect-rate", "1", "--seed", "1"],
+        env=_env(tmp_path),
+    ) as gw:
+
+        async def scenario() -> None:
+            async with websockets.connect(gw.ws_url) as sender:
+                await _request(sender, {"action": "join", "room": "r"})  # welcome first
+                await _recv(sender)
+                async with websockets.connect(gw.ws_url) as leaver:
+                    await leaver.send(json.dumps({"action": "join", "room": "r"}))
+                    await _recv(leaver)
+                    await _recv(leaver)
+                    await leaver.send(json.dumps({"action": "whoami"}))
+                    leaver_id = (await _recv(leaver))["data"]["connectionId"]
+                # $disconnect was dropped: the stale record is still in the store.
+                assert leaver_id in _connections(tmp_path)
+                sent = await _request(sender, {"action": "send", "room": "r", "data": "x"})
+                assert sent["data"] == {"room": "r", "delivered": 0, "gone": 1, "failed": 0}
+                assert leaver_id not in _connections(tmp_path)
+                again = await _request(sender, {"action": "send", "room": "r", "data": "y"})
+                assert again["data"]["gone"] == 0
+
+        asyncio.run(scenario())
+        assert "Traceback" not in gw.log()
+
+
+def test_follow_up_welcomes_a_client_that_never_sends(tmp_path: Path) -> None:
+    # The dev stage names the welcome queue; the gateway provides it locally and runs the
+    # app's @app.on_sqs_message handler after WELCOME_DELAY_SECONDS.
+    with running_gateway(str(ROOT), env=_env(tmp_path)) as gw:
+
+        async def scenario() -> None:
+            async with websockets.connect(gw.ws_url) as ws:
+                welcome = await _recv(ws)
+                assert welcome["type"] == "welcome"
+                # Exactly once: the first message now gets only its reply.
+                assert await _request(ws, {"action": "ping"}) == {"type": "pong", "data": {}}
+
+        asyncio.run(scenario())
