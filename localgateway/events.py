@@ -1,7 +1,8 @@
 """Pure builders of the events AWS delivers to Lambda.
 
-Modelled key for key on real API Gateway WebSocket events (see /work/shared/aws-events/). Nothing
-here does I/O: time comes from an injected :class:`Clock`, ids from an injected :class:`IdSource`.
+Modelled key for key on real API Gateway WebSocket events (see ../shared/aws-events/, vendored
+in tests/data/aws-events/). Nothing here does I/O: time comes from an injected :class:`Clock`,
+ids from an injected :class:`IdSource`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ def test_app_imports_without_credentials_network_or_boto3() -> None:
     code = (
         "import sys, app\n"
         "assert 'WEBSOCKETS' in app.app.experimental_feature_flags\n"
-        "print(sorted(m for m in ('boto3', 'botocore', 'chalicelib.runtime') if m in sys.modules))\n"
+        "mods = ('boto3', 'botocore', 'chalicelib.runtime')\n"
+        "print(sorted(m for m in mods if m in sys.modules))\n"
         "print(sorted(app.app.handler_map))\n"
     )
     result = subprocess.run(

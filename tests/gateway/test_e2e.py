@@ -24,7 +24,7 @@ from localgateway.testing import Gateway, wait_until
 
 from .conftest import ECHO, POST_IN_CONNECT
 
-AWS_EVENTS = Path("/work/shared/aws-events")
+AWS_EVENTS = Path(__file__).resolve().parents[1] / "data" / "aws-events"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 RECV_TIMEOUT = 15.0
 GONE_ID = "AAAAAAAAAAAAAAAAAAAA"
@@ -114,8 +114,7 @@ def test_message_event_is_faithful(echo_gateway: Gateway) -> None:
     event = run(scenario())
     assert set(event) == {"requestContext", "body", "isBase64Encoded"}
     ctx = event["requestContext"]
-    if AWS_EVENTS.exists():
-        assert set(ctx) == aws_keys("message")
+    assert set(ctx) == aws_keys("message")
     assert ctx["routeKey"] == "$default" and ctx["eventType"] == "MESSAGE"
     assert ctx["stage"] == "api"
     assert ctx["identity"]["sourceIp"] == "127.0.0.1"
@@ -305,8 +304,7 @@ def test_headers_and_query_reach_connect(echo_gateway: Gateway, echo_record_file
     assert event["multiValueHeaders"]["X-Test-Header"] == ["yes"]
     assert "Sec-WebSocket-Key" in event["headers"]
     ctx = event["requestContext"]
-    if AWS_EVENTS.exists():
-        assert set(ctx) == aws_keys("connect")
+    assert set(ctx) == aws_keys("connect")
     assert ctx["routeKey"] == "$connect" and ctx["connectionId"] == cid
 
 
@@ -319,9 +317,8 @@ def test_client_close_fires_disconnect(echo_gateway: Gateway, echo_record_file: 
     cid = run(scenario())
     event = wait_record(echo_record_file, "disconnect", cid)
     ctx = event["requestContext"]
-    if AWS_EVENTS.exists():
-        assert set(ctx) == aws_keys("disconnect")
-        assert set(event) == set(json.loads((AWS_EVENTS / "disconnect.json").read_text()))
+    assert set(ctx) == aws_keys("disconnect")
+    assert set(event) == set(json.loads((AWS_EVENTS / "disconnect.json").read_text()))
     assert ctx["disconnectStatusCode"] == 1000
 
 
