@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit run venv clean
+.PHONY: test lint typecheck unit run venv clean browser
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(PY) -m pytest
+
+# Debian's Chromium for the Playwright browser tests (downloading a browser is not possible here).
+browser:
+	scripts/install-browser.sh
 
 # The local gateway: REST on :8000, WebSocket on ws://127.0.0.1:8001/api (flags: ARGS="...").
 run: $(STAMP)

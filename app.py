@@ -23,6 +23,11 @@ from chalice.app import (
 if TYPE_CHECKING:
     from chalicelib.service import Messaging
 
+from chalicelib.redaction import install as _install_log_redaction
+
+# Before anything logs: tokens in query strings and credential headers never reach a log line.
+_install_log_redaction()
+
 app = Chalice(app_name="ws-rooms")
 app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.log.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
@@ -47,13 +52,65 @@ def _endpoint(event: dict[str, Any]) -> tuple[Any, str]:
     return ctx, management_endpoint(ctx, override=settings_endpoint, region=region)
 
 
+#: What Chalice reads from ``requestContext`` before any handler or middleware runs.
+_WS_CONTEXT_KEYS = ("apiId", "stage", "domainName", "connectionId")
+
+
+def _well_formed_only(handler: Any) -> Any:
+    """Answer a malformed WebSocket event with 400 instead of raising.
+
+    API Gateway never sends one, but Chalice would raise KeyError building the event (before
+    any middleware) and :mod:`chalicelib.events` raises BadEventError: Lambda would report an
+    error (502 on ``$connect``, "Internal server error" to a client).  Logged, never raised.
+    """
+    name = next(key for key, value in app.handler_map.items() if value is handler)
+
+    def guarded(event: Any, context: Any) -> Any:
+        from chalicelib.errors import BadEventError
+
+        ctx = event.get("requestContext") if isinstance(event, dict) else None
+        try:
+            if not isinstance(ctx, dict) or not all(
+                isinstance(ctx.get(key), str) for key in _WS_CONTEXT_KEYS
+            ):
+                raise BadEventError(f"requestContext lacks one of {', '.join(_WS_CONTEXT_KEYS)}")
+            return handler(event, context)
+        except BadEventError as exc:
+            app.log.error("malformed WebSocket event for %s: %s", name, exc)
+            return {"statusCode": 400}
+
+    app.handler_map[name] = guarded
+    return guarded
+
+
+@_well_formed_only
 @app.on_ws_connect()
 def connect(event: WebsocketEvent) -> dict[str, Any]:
-    ctx, endpoint = _endpoint(event.to_dict())
-    _messaging().on_connect(ctx, endpoint)
+    from chalicelib.auth import AuthError, JwksUnavailableError
+    from chalicelib.errors import ConfigError
+    from chalicelib.runtime import connect_gate
+
+    raw = event.to_dict()
+    ctx, endpoint = _endpoint(raw)
+    try:
+        admission = connect_gate().admit(raw)
+    except ConfigError as exc:
+        # A deployed stage without authentication (or with a broken auth setting) never admits.
+        app.log.error("refusing every $connect: configuration error: %s", exc)
+        raise
+    except AuthError as exc:
+        # Nothing is registered for a refused connection; the reason is logged, never the token.
+        app.log.info("$connect %s from %s refused with %d: %s",
+                     ctx.connection_id, ctx.source_ip, exc.status, exc.reason)
+        return {"statusCode": exc.status}
+    except JwksUnavailableError as exc:
+        app.log.error("$connect %s refused with 503: %s", ctx.connection_id, exc)
+        return {"statusCode": 503}
+    _messaging().on_connect(ctx, endpoint, user=admission.user)
     return {"statusCode": 200}
 
 
+@_well_formed_only
 @app.on_ws_message()
 def message(event: WebsocketEvent) -> None:
     raw = event.to_dict()
@@ -61,6 +118,7 @@ def message(event: WebsocketEvent) -> None:
     _messaging().on_message(ctx, endpoint, raw.get("body"), bool(raw.get("isBase64Encoded")))
 
 
+@_well_formed_only
 @app.on_ws_disconnect()
 def disconnect(event: WebsocketEvent) -> None:
     from chalicelib.events import connection_context

@@ -11,6 +11,7 @@ import base64
 import binascii
 import enum
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -31,6 +32,10 @@ class ErrorCode(enum.StrEnum):
     TOO_LARGE = "too_large"
     NOT_MEMBER = "not_member"
     INTERNAL = "internal"
+    # Abuse limits and identity (docs/security.md); added in v1, never renamed.
+    RATE_LIMITED = "rate_limited"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    UNAUTHENTICATED = "unauthenticated"
 
 
 class ProtocolError(WsAppError):
@@ -84,6 +89,33 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but parses to inf, which json.dumps would relay as `Infinity`.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
+#: Deepest nesting accepted.  json.loads manages a little deeper than json.dumps can re-encode
+#: (both use the recursion limit), so without a bound a frame could parse, then fail as
+#: ``internal`` when relayed.
+MAX_DEPTH = 128
+
+
+def _too_deep(obj: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((item, depth + 1) for item in value)
+    return False
+
+
 def decode_body(body: str | None, is_base64: bool) -> str:
     """The frame's text: API Gateway hands binary frames over base64-encoded.
 
@@ -113,7 +145,9 @@ def parse_frame(body: str | None, is_base64: bool = False) -> Request:
     ):
         raise ProtocolError(ErrorCode.TOO_LARGE, f"frame exceeds {MAX_MESSAGE_BYTES} bytes")
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if _too_deep(obj):
+            raise RecursionError
     except RecursionError as exc:
         raise ProtocolError(ErrorCode.BAD_JSON, "frame is nested too deeply") from exc
     except ValueError as exc:
@@ -195,7 +229,13 @@ def encode_frame(type_: str, data: dict[str, Any], request_id: str | None = None
     frame: dict[str, Any] = {"type": type_, "data": data}
     if request_id is not None:
         frame["id"] = request_id
-    text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text = json.dumps(frame, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        # NaN/Infinity (a REST push body may hold them) would reach clients as invalid JSON.
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, "message contains a non-finite number", request_id
+        ) from exc
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:

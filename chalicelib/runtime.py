@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.auth import ConnectGate, build_gate
 from chalicelib.delivery import Deliverer, RetryPolicy
+from chalicelib.limits import Limits
 from chalicelib.service import Messaging
 from chalicelib.settings import Settings
 from chalicelib.store import open_store
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _services: dict[Settings, Messaging] = {}
+_gates: dict[Settings, ConnectGate] = {}
 
 
 def messaging(environ: Mapping[str, str] | None = None) -> Messaging:
@@ -41,6 +44,20 @@ def messaging(environ: Mapping[str, str] | None = None) -> Messaging:
             service = build(settings)
             _services[settings] = service
         return service
+
+
+def connect_gate(environ: Mapping[str, str] | None = None) -> ConnectGate:
+    """The ``$connect`` gate for the current environment, cached per container so JWKS keys
+    survive across invocations (raises ConfigError, e.g. in Lambda without authentication)."""
+    settings = Settings.from_env(os.environ if environ is None else environ)
+    gate = _gates.get(settings)
+    if gate is None:
+        with _lock:
+            gate = _gates.get(settings)
+            if gate is None:
+                gate = build_gate(settings)
+                _gates[settings] = gate
+    return gate
 
 
 def build(settings: Settings) -> Messaging:
@@ -63,6 +80,13 @@ def build(settings: Settings) -> Messaging:
         executor=executor,
         welcome_queue=welcome_queue,
         default_endpoint=settings.management_endpoint,
+        limits=Limits(
+            rate_limit=settings.rate_limit,
+            rate_window_seconds=settings.rate_window_seconds,
+            max_rooms=settings.max_rooms_per_connection,
+            max_data_bytes=settings.max_data_bytes,
+        ),
+        auth_required=settings.auth_enabled,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from chalicelib.delivery import Deliverer, FanOutReport, Liveness, Outcome, fan_out
 from chalicelib.events import ConnectionContext
+from chalicelib.limits import UNLIMITED, Limits, data_size
 from chalicelib.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -85,6 +86,8 @@ class Messaging:
         welcome_queue: WelcomeQueue | None = None,
         default_endpoint: str | None = None,
         clock: Callable[[], float] = time.time,
+        limits: Limits = UNLIMITED,
+        auth_required: bool = False,
     ) -> None:
         self.store = store
         self._deliverer_for = deliverer_for
@@ -92,10 +95,16 @@ class Messaging:
         self._welcome_queue = welcome_queue
         self._default_endpoint = default_endpoint
         self._clock = clock
+        self._limits = limits
+        #: With authentication on, every room message carries the sender's user id; a record
+        #: without one (lost and healed) cannot send until the client reconnects with a token.
+        self._auth_required = auth_required
 
     # ------------------------------------------------------------------ lifecycle
 
-    def on_connect(self, ctx: ConnectionContext, endpoint: str) -> None:
+    def on_connect(
+        self, ctx: ConnectionContext, endpoint: str, user: str | None = None
+    ) -> None:
         """Register the connection; enqueue the delayed welcome.  Never calls the management API.
 
         Posting here would fail with 410: API Gateway only establishes the connection after
@@ -106,6 +115,7 @@ class Messaging:
             ctx.connection_id,
             connected_at=ctx.connected_at or self._clock(),
             source_ip=ctx.source_ip,
+            user=user,
             endpoint=endpoint,
         )
         if self._welcome_queue is not None:
@@ -139,7 +149,14 @@ class Messaging:
         try:
             if not self._send_owed_welcome(ctx, endpoint, deliverer):
                 return
-            if request is not None:
+            if not self._within_rate_limit(connection_id):
+                reply = error_frame(
+                    ErrorCode.RATE_LIMITED,
+                    f"more than {self._limits.rate_limit} messages in"
+                    f" {self._limits.rate_window_seconds} s; slow down and retry",
+                    request_id,
+                )
+            elif request is not None:
                 reply = self._dispatch(connection_id, request, endpoint)
         except ProtocolError as exc:
             reply = error_frame(exc.code, exc.message, exc.request_id)
@@ -219,10 +236,21 @@ class Messaging:
             return encode_frame("pong", {}, request.id)
         if isinstance(request, WhoAmI):
             rooms = self.store.rooms_of(connection_id)
-            return encode_frame(
-                "identity", {"connectionId": connection_id, "rooms": rooms}, request.id
-            )
+            identity: dict[str, Any] = {"connectionId": connection_id, "rooms": rooms}
+            user = self._user_of(connection_id)
+            if user is not None:
+                identity["user"] = user
+            return encode_frame("identity", identity, request.id)
         if isinstance(request, Join):
+            rooms = self.store.rooms_of(connection_id)
+            # Check-then-join: concurrent joins of one connection may overshoot by their count.
+            if request.room not in rooms and len(rooms) >= self._limits.max_rooms:
+                raise ProtocolError(
+                    ErrorCode.TOO_MANY_ROOMS,
+                    f"a connection may be in at most {self._limits.max_rooms} rooms;"
+                    " leave one first",
+                    request.id,
+                )
             members = self.store.join(connection_id, request.room)
             return encode_frame("joined", {"room": request.room, "members": members}, request.id)
         if isinstance(request, Leave):
@@ -231,13 +259,30 @@ class Messaging:
         return self._send(connection_id, request, endpoint)
 
     def _send(self, connection_id: str, request: Send, endpoint: str) -> bytes:
+        size = data_size(request.data)
+        if size > self._limits.max_data_bytes:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"'data' is {size} bytes; the limit is {self._limits.max_data_bytes}",
+                request.id,
+            )
         if not self.store.is_member(connection_id, request.room):
             raise ProtocolError(
                 ErrorCode.NOT_MEMBER,
                 f"join room {request.room!r} before sending to it",
                 request.id,
             )
-        payload = self._message_frame(request.room, connection_id, request.data, request.id)
+        sender = connection_id
+        if self._auth_required:
+            user = self._user_of(connection_id)
+            if user is None:
+                raise ProtocolError(
+                    ErrorCode.UNAUTHENTICATED,
+                    "this connection's identity was lost; reconnect with a token",
+                    request.id,
+                )
+            sender = user
+        payload = self._message_frame(request.room, sender, request.data, request.id)
         recipients = self._room_recipients(request.room, exclude=connection_id)
         counts = self._deliver(endpoint, recipients, payload)
         return encode_frame(
@@ -253,14 +298,32 @@ class Messaging:
 
     # ------------------------------------------------------------------ building blocks
 
+    def _within_rate_limit(self, connection_id: str) -> bool:
+        if self._limits.rate_limit == 0:
+            return True
+        return self.store.admit_message(
+            connection_id,
+            limit=self._limits.rate_limit,
+            window_seconds=self._limits.rate_window_seconds,
+        )
+
+    def _user_of(self, connection_id: str) -> str | None:
+        """The authenticated user id stored at ``$connect`` (one strongly consistent read)."""
+        record = self.store.get(connection_id)
+        return None if record is None else record.user
+
     def _room_recipients(self, room: str, *, exclude: str) -> list[str]:
         return [member for member in self.store.members(room) if member != exclude]
 
     def _message_frame(
         self, room: str, sender: str, data: Any, request_id: str | None = None
     ) -> bytes:
-        payload = encode_frame("message", {"room": room, "from": sender, "data": data},
-                               request_id=None)
+        try:
+            payload = encode_frame("message", {"room": room, "from": sender, "data": data},
+                                   request_id=None)
+        except ProtocolError as exc:
+            # The message frame carries no id, but the error reply to the sender must.
+            raise ProtocolError(exc.code, exc.message, request_id) from exc
         if len(payload) > MAX_MESSAGE_BYTES:
             # Refused before any management-API call: API Gateway would answer 413 for each.
             raise ProtocolError(

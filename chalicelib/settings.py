@@ -6,12 +6,17 @@ Every variable is documented in README.md ("Configuration").
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from chalicelib.errors import ConfigError
 from chalicelib.welcome import MAX_DELAY_SECONDS
 
 DEFAULT_STORE = "sqlite:///.local/connections.db"
+
+#: HS256 secrets shorter than this are refused (RFC 7518 3.2: at least the hash size, 256 bits).
+MIN_SECRET_BYTES = 32
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,21 @@ class Settings:
     sweep_batch: int
     region: str | None
     in_lambda: bool
+    # ---- security (docs/security.md); repr=False keeps the secret out of logs and tracebacks
+    auth_secret: str | None = field(default=None, repr=False)
+    auth_jwks_url: str | None = None
+    auth_audience: str | None = None
+    auth_issuer: str | None = None
+    auth_leeway_seconds: int = 30
+    allowed_origins: tuple[str, ...] = ()
+    rate_limit: int = 100
+    rate_window_seconds: int = 10
+    max_rooms_per_connection: int = 20
+    max_data_bytes: int = 32768
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_secret is not None or self.auth_jwks_url is not None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -38,6 +58,9 @@ class Settings:
                     "CONNECTIONS_STORE is not set: deployed stages need dynamodb://TABLE"
                 )
             store = DEFAULT_STORE
+        secret = environ.get("WS_AUTH_SECRET") or None
+        jwks_url = (environ.get("WS_AUTH_JWKS_URL") or "").strip() or None
+        _check_auth(secret, jwks_url, in_lambda)
         return cls(
             connections_store=store,
             management_endpoint=environ.get("WS_MANAGEMENT_ENDPOINT") or None,
@@ -49,6 +72,16 @@ class Settings:
             sweep_batch=_int(environ, "SWEEP_BATCH", 500, 1, 10000),
             region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
             in_lambda=in_lambda,
+            auth_secret=secret,
+            auth_jwks_url=jwks_url,
+            auth_audience=(environ.get("WS_AUTH_AUDIENCE") or "").strip() or None,
+            auth_issuer=(environ.get("WS_AUTH_ISSUER") or "").strip() or None,
+            auth_leeway_seconds=_int(environ, "WS_AUTH_LEEWAY_SECONDS", 30, 0, 300),
+            allowed_origins=_origins(environ.get("WS_ALLOWED_ORIGINS", "")),
+            rate_limit=_int(environ, "WS_RATE_LIMIT", 100, 0, 100000),
+            rate_window_seconds=_int(environ, "WS_RATE_WINDOW_SECONDS", 10, 1, 3600),
+            max_rooms_per_connection=_int(environ, "WS_MAX_ROOMS_PER_CONNECTION", 20, 1, 1000),
+            max_data_bytes=_int(environ, "WS_MAX_DATA_BYTES", 32768, 1, 131072),
         )
 
 
@@ -63,3 +96,56 @@ def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is outside {low}..{high}")
     return value
+
+
+def _check_auth(secret: str | None, jwks_url: str | None, in_lambda: bool) -> None:
+    if secret is not None and jwks_url is not None:
+        raise ConfigError(
+            "WS_AUTH_SECRET and WS_AUTH_JWKS_URL are both set: choose one (HS256 with a shared"
+            " secret, or RS256/ES256 against a JWKS)"
+        )
+    if secret is not None and len(secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"WS_AUTH_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a random secret of at"
+            " least 256 bits (for example: python -c 'import secrets; print(secrets.token_urlsafe"
+            "(32))')"
+        )
+    if jwks_url is not None:
+        parts = urlsplit(jwks_url)
+        local_http = parts.scheme == "http" and (parts.hostname or "") in _LOOPBACK_HOSTS
+        if not parts.hostname or not (parts.scheme == "https" or local_http):
+            raise ConfigError(
+                f"WS_AUTH_JWKS_URL={jwks_url!r} must be an https:// URL (http:// only on"
+                " 127.0.0.1/localhost, for tests)"
+            )
+    if in_lambda and secret is None and jwks_url is None:
+        raise ConfigError(
+            "authentication is not configured: a deployed stage (AWS_LAMBDA_FUNCTION_NAME is set)"
+            " refuses to run without WS_AUTH_SECRET (HS256) or WS_AUTH_JWKS_URL (RS256/ES256);"
+            " see docs/security.md"
+        )
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """``WS_ALLOWED_ORIGINS``: comma-separated origins, normalised like :func:`normalize_origin`."""
+    origins = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in (
+            "",
+            "/",
+        ) or parts.query or parts.fragment:
+            raise ConfigError(
+                f"WS_ALLOWED_ORIGINS: {item!r} is not an origin (expected scheme://host[:port],"
+                " for example https://app.example.com)"
+            )
+        origins.append(normalize_origin(item))
+    return tuple(sorted(set(origins)))
+
+
+def normalize_origin(origin: str) -> str:
+    """Lower-case, without a trailing slash: how origins are compared."""
+    return origin.strip().rstrip("/").lower()

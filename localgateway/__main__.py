@@ -20,6 +20,8 @@ from localgateway.core import Chaos, Limits
 from localgateway.events import ApiInfo, EventFactory, RandomIdSource, SystemClock
 from localgateway.invoker import InProcessInvoker
 from localgateway.project import Functions, Project, compute_environment, offline_aws_defaults
+from localgateway.redaction import RedactingFilter, redact
+from localgateway.redaction import install as install_redaction
 from localgateway.server import GatewayServer, ServerSettings
 from localgateway.sqs import LocalQueues, SqsPoller
 
@@ -54,8 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def exposure_warning(host: str) -> str | None:
+    """The loud banner printed when the gateway binds anything but loopback (else None)."""
+    if host in LOOPBACK:
+        return None
+    banner = "!" * 78
+    return (
+        f"{banner}\nWARNING: bound to {host}: anyone who can reach this machine can use "
+        f"the gateway,\nits management API and the app's handlers. Use 127.0.0.1 unless you "
+        f"need otherwise.\n{banner}"
+    )
+
+
 def display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+class RedactingRequestHandler(ChaliceRequestHandler):
+    """chalice's handler writes request lines (query strings included) straight to stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        line = format % args
+        sys.stderr.write(
+            redact(f"{self.address_string()} - - [{self.log_date_time_string()}] {line}\n")
+        )
 
 
 def make_rest_server(project: Project, host: str, port: int) -> LocalDevServer:
@@ -64,7 +88,7 @@ def make_rest_server(project: Project, host: str, port: int) -> LocalDevServer:
     def handler(*args: Any, **kwargs: Any) -> ChaliceRequestHandler:
         kwargs["app_object"] = project.app
         kwargs["config"] = project.config
-        return ChaliceRequestHandler(*args, **kwargs)
+        return RedactingRequestHandler(*args, **kwargs)
 
     return LocalDevServer(project.app, project.config, host, port, handler_cls=handler)
 
@@ -76,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # Tokens (?token=...) and credential headers never reach the gateway's log (nor the app's:
+    # it runs in this process, and the record factory covers every logger).
+    install_redaction()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())
     for noisy in ("aiohttp.access", "botocore", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -176,15 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  SQS queue:       {name} -> {url}", flush=True)
     for name in functions.schedules:
         print(f"  Schedule:        POST http://{domain}/_gateway/schedule/{name}", flush=True)
-    if args.host not in LOOPBACK:
-        banner = "!" * 78
-        print(
-            f"{banner}\nWARNING: bound to {args.host}: anyone who can reach this machine can use "
-            f"the gateway,\nits management API and the app's handlers. Use 127.0.0.1 unless you "
-            f"need otherwise.\n{banner}",
-            file=sys.stderr,
-            flush=True,
-        )
+    warning = exposure_warning(args.host)
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
 
     rest_thread.start()
     for poller in pollers:

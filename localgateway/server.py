@@ -54,6 +54,14 @@ from localgateway.project import Functions
 LOG = logging.getLogger("localgateway")
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "application/javascript; charset=utf-8",
+    ".mjs": "application/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+}
 #: How long a server-initiated close waits for the client's close frame.
 CLOSE_TIMEOUT = 2.0
 
@@ -157,14 +165,49 @@ class GatewayServer:
     # ----- WebSocket --------------------------------------------------------------------------
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return web.json_response({"message": "Upgrade Required"}, status=426)
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         peer = request.remote or "127.0.0.1"
         facts = ConnectionFacts(self.events.new_connection_id(), epoch_ms(self.clock), peer)
         self.registry.add(facts, request.headers.get("User-Agent", ""))
         cid = facts.connection_id
+        refusal = await self._run_connect(request, facts)
+        if refusal is not None:
+            return refusal
+        if not upgrade:
+            # A plain GET runs $connect like an upgrade so that its refusal status (401, 403...)
+            # can be read by clients that cannot see it, such as browsers after a failed
+            # upgrade. Accepted, it is undone with $disconnect and answered 426.
+            self.registry.remove(cid)
+            disconnect = self.functions().disconnect
+            if disconnect:
+                event = self.events.disconnect(facts, CLOSE_ABNORMAL, "Upgrade Required")
+                try:
+                    await self.run(disconnect, event)
+                except (InvocationError, UnknownFunctionError) as exc:
+                    LOG.error("$disconnect %s failed: %s", cid, getattr(exc, "details", exc))
+            return web.json_response({"message": "Upgrade Required"}, status=426)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.limits.message_bytes, autoping=True, timeout=CLOSE_TIMEOUT
+        )
+        await ws.prepare(request)
+        session = Session(facts, ws, asyncio.Queue(maxsize=self.settings.queue_length))
+        self.sessions[cid] = session
+        self.registry.mark_open(cid)
+        LOG.info("connected %s from %s", cid, peer)
+        session.tasks.append(self._spawn(self._worker(session)))
+        session.tasks.append(self._spawn(self._watchdog(session)))
+        decision = await self._read_loop(session)
+        await self._finish(session, decision)
+        return ws
+
+    async def _run_connect(
+        self, request: web.Request, facts: ConnectionFacts
+    ) -> web.Response | None:
+        """Run ``$connect`` for a request; the refusal response, or None when accepted."""
+        cid = facts.connection_id
         functions = self.functions()
         if functions.connect:
+            peer = facts.source_ip
             headers = list(request.headers.items())
             present = {name.lower() for name, _ in headers}
             for name, value in (
@@ -193,19 +236,7 @@ class GatewayServer:
                     text=body if isinstance(body, str) else None,
                     headers=_string_headers(response.get("headers")),
                 )
-        ws = web.WebSocketResponse(
-            max_msg_size=self.limits.message_bytes, autoping=True, timeout=CLOSE_TIMEOUT
-        )
-        await ws.prepare(request)
-        session = Session(facts, ws, asyncio.Queue(maxsize=self.settings.queue_length))
-        self.sessions[cid] = session
-        self.registry.mark_open(cid)
-        LOG.info("connected %s from %s", cid, peer)
-        session.tasks.append(self._spawn(self._worker(session)))
-        session.tasks.append(self._spawn(self._watchdog(session)))
-        decision = await self._read_loop(session)
-        await self._finish(session, decision)
-        return ws
+        return None
 
     async def _read_loop(self, session: Session) -> CloseDecision:
         ws = session.ws
@@ -399,7 +430,12 @@ class GatewayServer:
         path = os.path.realpath(os.path.join(root, name))
         if not path.startswith(root + os.sep) or not os.path.isfile(path):
             return web.Response(status=404, text=f"404: {name} not found\n")
-        return web.FileResponse(path)
+        headers = {"Cache-Control": "no-cache"}
+        content_type = STATIC_TYPES.get(os.path.splitext(path)[1].lower())
+        if content_type:
+            # Explicit: ES modules must not depend on the host's mimetypes table.
+            headers["Content-Type"] = content_type
+        return web.FileResponse(path, headers=headers)
 
 
 def _string_headers(headers: Any) -> dict[str, str] | None:

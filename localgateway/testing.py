@@ -113,13 +113,17 @@ def running_gateway(
     python: str = sys.executable,
     startup_timeout: float = STARTUP_TIMEOUT,
     reload: bool = False,
+    port: int | None = None,
+    ws_port: int | None = None,
 ) -> Iterator[Gateway]:
     """Start the gateway for ``project_dir`` on free ports, wait until it listens, stop it.
 
-    ``--no-reload`` is passed unless ``reload`` is true.
+    ``--no-reload`` is passed unless ``reload`` is true.  ``port``/``ws_port`` pin the ports
+    (a restart test starts a second gateway where clients reconnect); free ones otherwise.
     """
     project_dir = os.path.abspath(project_dir)
-    port, ws_port = free_port(), free_port()
+    port = port or free_port()
+    ws_port = ws_port or free_port()
     while ws_port == port:
         ws_port = free_port()
     stage = api_gateway_stage(project_dir)

@@ -197,6 +197,22 @@ class ConnectionStore(ABC):
         _check_room(room)
         return self._retrying(lambda: list(self._members(room)))
 
+    def admit_message(self, connection_id: str, *, limit: int, window_seconds: int) -> bool:
+        """Count one message of the connection against a fixed-window rate limit, atomically.
+
+        Windows are aligned on the clock (``floor(now / window_seconds)``).  Returns True and
+        counts the message while fewer than ``limit`` were counted in the current window; returns
+        False (counting nothing) once ``limit`` is reached, until the next window starts.  Exact
+        across threads, processes and containers sharing the store: the check and the increment
+        are one conditional write.  :meth:`remove` deletes the counter.
+        """
+        _check_id(connection_id)
+        if limit < 1 or window_seconds < 1:
+            raise ValueError("limit and window_seconds must be at least 1")
+        now = self._clock()
+        window = int(now // window_seconds) * window_seconds
+        return self._retrying(lambda: self._admit_message(connection_id, window, limit, now))
+
     def idle_connections(self, idle_for: float, limit: int = 1000) -> list[ConnectionRecord]:
         """Connections with no activity for ``idle_for`` seconds (oldest first), for the sweep."""
         if limit < 1:
@@ -232,6 +248,11 @@ class ConnectionStore(ABC):
 
     @abstractmethod
     def _members(self, room: str) -> Iterator[str]: ...
+
+    @abstractmethod
+    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
+        """Atomically: if the stored window is older than ``window``, start it at 1 (True);
+        else if its count is below ``limit``, increment (True); else False."""
 
     @abstractmethod
     def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]: ...

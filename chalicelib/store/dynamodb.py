@@ -9,6 +9,7 @@ pk                     sk              attributes
                                        sourceIp, user, expiresAt, gsi1pk=``conn``, gsi1sk=lastSeen
 ``conn#<id>``          ``room#<room>`` joinedAt, expiresAt  (rooms of a connection)
 ``room#<room>``        ``conn#<id>``   joinedAt, expiresAt  (members of a room)
+``conn#<id>``          ``rate``        window, messages, expiresAt  (the message rate counter)
 =====================  ==============  ==========================================================
 
 ``expiresAt`` (epoch seconds, integer) is the table's TTL attribute, so records of connections
@@ -22,7 +23,10 @@ Write costs (what the caller must know): ``claim_welcome(touch=True)`` first tri
 first costs one write; the first message of a connection costs two (the failed touch, then the
 claim), and a message racing another claimer may cost a third.  ``claim_welcome(touch=False)``
 costs one write.  Every write to a connection record also writes the GSI (lastSeen is its key).
-All reads of the base table are strongly consistent; ``idle_connections`` reads the GSI, which is
+``admit_message`` (the rate limit) costs one more write per message on its own item (not the
+record, so the GSI is not written): one conditional ``ADD``; the first message of each window costs
+two (the failed increment, then the reset).  All reads of the base table are strongly
+consistent; ``idle_connections`` reads the GSI, which is
 eventually consistent (fine for a sweep).
 
 The botocore client must not retry on its own (``total_max_attempts=1``, as :meth:`from_table`
@@ -66,6 +70,7 @@ TTL_ATTRIBUTE = "expiresAt"
 LAST_SEEN_INDEX = "by-last-seen"
 
 _META = "meta"
+_RATE = "rate"
 _CONN = "conn#"
 _ROOM = "room#"
 _GSI_PK = "conn"
@@ -292,6 +297,65 @@ class DynamoDbStore(ConnectionStore):
                     if _error_code(exc) == _CONDITION_FAILED:
                         old = cast("Item | None", exc.response.get("Item"))
                         raise _ConditionFailed(old) from exc
+                    raise
+        except _ConditionFailed as failed:
+            return False, failed.item
+        return True, None
+
+    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
+        key = _key(_CONN + connection_id, _RATE)
+        names = {"#w": "window", "#n": "messages"}
+        for _ in range(3):
+            done, old = self._update_if(
+                key,
+                "ADD #n :one",
+                # An older window stored by a container whose clock runs ahead counts as current.
+                "#w >= :w AND #n < :limit",
+                {":one": _n(1), ":w": _n(window), ":limit": _n(limit)},
+                names,
+            )
+            if done:
+                return True
+            if old is not None and "window" in old and int(old["window"]["N"]) >= window:
+                return False  # the limit is reached in this window; nothing was counted
+            done, _old = self._update_if(
+                key,
+                "SET #w = :w, #n = :one, expiresAt = :exp",
+                "attribute_not_exists(#w) OR #w < :w",
+                {":one": _n(1), ":w": _n(window), ":exp": _n(_ttl(now))},
+                names,
+            )
+            if done:
+                return True
+            # Another caller started this window between our two writes: count against it.
+        raise TransientStoreError(f"dynamodb admit_message on {self._table}: contention")
+
+    def _update_if(
+        self,
+        key: dict[str, AttributeValueTypeDef],
+        update: str,
+        condition: str,
+        values: dict[str, AttributeValueTypeDef],
+        names: dict[str, str],
+    ) -> tuple[bool, Item | None]:
+        """One conditional UpdateItem on ``key``: (True, None) if applied, else (False, old)."""
+        try:
+            with self._translated("update_item"):
+                try:
+                    self._client.update_item(
+                        TableName=self._table,
+                        Key=key,
+                        UpdateExpression=update,
+                        ConditionExpression=condition,
+                        ExpressionAttributeNames=names,
+                        ExpressionAttributeValues=values,
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                except ClientError as exc:
+                    if _error_code(exc) == _CONDITION_FAILED:
+                        raise _ConditionFailed(
+                            cast("Item | None", exc.response.get("Item"))
+                        ) from exc
                     raise
         except _ConditionFailed as failed:
             return False, failed.item

@@ -28,6 +28,7 @@ class MemoryStore(ConnectionStore):
         self._records: dict[str, ConnectionRecord] = {}
         self._rooms: dict[str, set[str]] = {}  # room -> connection ids
         self._memberships: dict[str, set[str]] = {}  # connection id -> rooms
+        self._rates: dict[str, tuple[int, int]] = {}  # connection id -> (window, count)
 
     def _register(self, record: ConnectionRecord) -> None:
         with self._lock:
@@ -57,6 +58,7 @@ class MemoryStore(ConnectionStore):
     def _remove(self, connection_id: str) -> list[str]:
         with self._lock:
             self._records.pop(connection_id, None)
+            self._rates.pop(connection_id, None)
             rooms = self._memberships.pop(connection_id, set())
             for room in rooms:
                 members = self._rooms.get(room)
@@ -99,6 +101,17 @@ class MemoryStore(ConnectionStore):
             # Copy under the lock: the caller iterates after we release it.
             members = sorted(self._rooms.get(room, ()))
         return iter(members)
+
+    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
+        with self._lock:
+            stored, count = self._rates.get(connection_id, (window - 1, 0))
+            if stored < window:
+                self._rates[connection_id] = (window, 1)
+                return True
+            if count < limit:
+                self._rates[connection_id] = (stored, count + 1)
+                return True
+            return False
 
     def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]:
         with self._lock:

@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS memberships (
     PRIMARY KEY (room, connection_id)
 );
 CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id);
+CREATE TABLE IF NOT EXISTS message_rates (
+    connection_id TEXT PRIMARY KEY,
+    window_start  INTEGER NOT NULL,
+    count         INTEGER NOT NULL
+);
 """
 
 _RECORD_COLUMNS = (
@@ -74,6 +79,10 @@ class SqliteStore(ConnectionStore):
         self._path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        # Serialises this process's statements: threads then queue on a lock that wakes them at
+        # once, instead of colliding on SQLite's file lock and sleeping in its busy handler
+        # (backoff of up to 100 ms per retry). Other processes still wait via busy_timeout.
+        self._op_lock = threading.RLock()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -117,7 +126,8 @@ class SqliteStore(ConnectionStore):
     def _translated(self) -> Iterator[sqlite3.Connection]:
         """Yield this thread's connection; map sqlite3 errors to store errors."""
         try:
-            yield self._conn()
+            with self._op_lock:
+                yield self._conn()
         except sqlite3.OperationalError as exc:
             message = str(exc)
             if "locked" in message or "busy" in message:
@@ -234,6 +244,7 @@ class SqliteStore(ConnectionStore):
             ]
             conn.execute("DELETE FROM memberships WHERE connection_id = ?", (connection_id,))
             conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
+            conn.execute("DELETE FROM message_rates WHERE connection_id = ?", (connection_id,))
         return rooms
 
     def _join(self, connection_id: str, room: str, now: float) -> int:
@@ -280,6 +291,25 @@ class SqliteStore(ConnectionStore):
                 (room,),
             ).fetchall()
         return iter([row[0] for row in rows])
+
+    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
+        with self._translated() as conn:
+            # One statement, hence atomic across threads and processes: a newer window restarts
+            # the count; the same (or an older, skewed-clock) window increments below the limit;
+            # at the limit the WHERE clause stops the update and nothing changes (rowcount 0).
+            changed = conn.execute(
+                """
+                INSERT INTO message_rates (connection_id, window_start, count) VALUES (?, ?, 1)
+                ON CONFLICT (connection_id) DO UPDATE SET
+                    count = CASE WHEN excluded.window_start > window_start THEN 1
+                                 ELSE count + 1 END,
+                    window_start = max(window_start, excluded.window_start)
+                WHERE excluded.window_start > message_rates.window_start
+                   OR message_rates.count < ?
+                """,
+                (connection_id, window, limit),
+            ).rowcount
+        return changed > 0
 
     def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]:
         with self._translated() as conn:

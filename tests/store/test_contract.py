@@ -286,3 +286,80 @@ def test_activity_makes_connection_not_idle(store: ConnectionStore, clock: FakeC
     idle = store.idle_connections(50)
     assert [r.connection_id for r in idle] == ["b"]
     assert idle[0].last_seen == T0
+
+
+# ---------------------------------------------------------------- message rate (fixed window)
+
+
+def _window_start(clock: FakeClock, window: int) -> None:
+    clock.advance(window - clock() % window)
+
+
+def test_admit_message_counts_up_to_the_limit(store: ConnectionStore, clock: FakeClock) -> None:
+    _window_start(clock, 10)
+    register(store, "c1")
+    assert [store.admit_message("c1", limit=3, window_seconds=10) for _ in range(5)] == [
+        True, True, True, False, False
+    ]
+    clock.advance(9.5)
+    assert store.admit_message("c1", limit=3, window_seconds=10) is False
+
+
+def test_admit_message_recovers_in_the_next_window(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    _window_start(clock, 10)
+    for _ in range(4):
+        store.admit_message("c1", limit=2, window_seconds=10)
+    clock.advance(10)
+    # Refused messages were not counted: the new window starts from zero.
+    assert [store.admit_message("c1", limit=2, window_seconds=10) for _ in range(3)] == [
+        True, True, False
+    ]
+
+
+def test_admit_message_is_per_connection(store: ConnectionStore, clock: FakeClock) -> None:
+    _window_start(clock, 10)
+    assert store.admit_message("a", limit=1, window_seconds=10) is True
+    assert store.admit_message("a", limit=1, window_seconds=10) is False
+    assert store.admit_message("b", limit=1, window_seconds=10) is True
+
+
+def test_remove_resets_the_message_rate(store: ConnectionStore, clock: FakeClock) -> None:
+    _window_start(clock, 10)
+    register(store, "c1")
+    store.join("c1", "lobby")
+    assert store.admit_message("c1", limit=1, window_seconds=10) is True
+    assert store.remove("c1") == ["lobby"]  # the counter is not mistaken for a room
+    assert store.admit_message("c1", limit=1, window_seconds=10) is True
+
+
+def test_admit_message_rejects_bad_arguments(store: ConnectionStore) -> None:
+    with pytest.raises(ValueError):
+        store.admit_message("", limit=1, window_seconds=1)
+    with pytest.raises(ValueError):
+        store.admit_message("c1", limit=0, window_seconds=1)
+
+
+def test_concurrent_admits_never_exceed_the_limit(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    _window_start(clock, 60)
+    results: list[bool] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait(timeout=10)
+        for _ in range(5):
+            admitted = store.admit_message("c1", limit=17, window_seconds=60)
+            with lock:
+                results.append(admitted)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 40
+    assert results.count(True) == 17

@@ -1,0 +1,1 @@
+"""Deployment tooling: packaging, resources and IAM policies (never shipped to Lambda)."""

@@ -1,0 +1,240 @@
+"""Build a stage's CloudFormation package: Chalice's template + deploy/resources.json, checked.
+
+    python -m deploy.package --stage prod OUTDIR
+
+1. Builds the merge template: ``deploy/resources.json`` (table, queue, dead-letter queue) with its
+   ``Stage`` parameter pinned to ``--stage``, plus the changes to Chalice's own resources that
+   only CloudFormation can express: each function's role policy on this stack's ARNs
+   (:func:`deploy.policies.cfn_policy`), the follow-up's event source bound to the queue's
+   ``Arn``, ``CONNECTIONS_STORE``/``WELCOME_QUEUE_URL``/``WS_MANAGEMENT_ENDPOINT`` from the stack's
+   resources, and the function and log group names ``chalice deploy`` would use.
+2. Runs ``chalice package --stage STAGE --merge-template OUTDIR/merge-template.json OUTDIR`` with
+   the Lambda runtime pinned (:mod:`deploy.chalice_cli`, default python3.12).
+3. Checks the result (:func:`check_package`) and prints the artifact sizes.
+
+Then deploy it (see docs/deploy.md)::
+
+    aws cloudformation package --template-file OUTDIR/sam.json --s3-bucket BUCKET \\
+        --output-template-file OUTDIR/packaged.yaml
+    aws cloudformation deploy --template-file OUTDIR/packaged.yaml --stack-name ws-rooms-prod \\
+        --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from deploy.chalice_cli import runtime_from_env
+from deploy.policies import API_GATEWAY_STAGE, FUNCTIONS, cfn_policy, function_name
+
+ROOT = Path(__file__).resolve().parent.parent
+RESOURCES = Path(__file__).resolve().parent / "resources.json"
+#: The Lambda runtime provides these; vendoring them would pin stale copies into the package.
+RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
+
+
+def merge_template(stage: str) -> dict[str, Any]:
+    """The template ``chalice package --merge-template`` deep-merges into Chalice's own."""
+    template: dict[str, Any] = json.loads(RESOURCES.read_text())
+    stage_param = template["Parameters"]["Stage"]
+    if stage not in stage_param["AllowedValues"]:
+        raise SystemExit(f"unknown stage {stage!r}: expected one of {stage_param['AllowedValues']}")
+    # The package is built for one Chalice stage: the stack cannot be deployed as another.
+    stage_param["AllowedValues"] = [stage]
+    stage_param["Default"] = stage
+    resources = template["Resources"]
+    endpoint = ("https://${WebsocketAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}"
+                f"/{API_GATEWAY_STAGE}")
+    for logical_id, (name, role_id) in FUNCTIONS.items():
+        resources[logical_id] = {"Properties": {
+            "FunctionName": function_name(stage, name),
+            "Environment": {"Variables": {
+                "CONNECTIONS_STORE": {"Fn::Sub": "dynamodb://${ConnectionsTable}"},
+                "WELCOME_QUEUE_URL": {"Ref": "WelcomeQueue"},
+                "WELCOME_QUEUE_NAME": {"Fn::GetAtt": ["WelcomeQueue", "QueueName"]},
+                "WS_MANAGEMENT_ENDPOINT": {"Fn::Sub": endpoint},
+            }},
+        }}
+        # Chalice creates these from log_retention_in_days (required in .chalice/config.json).
+        # Naming the group literally fixes Chalice's ${ApiHandler} (the function is APIHandler)
+        # and creates the group before the function, so Lambda never creates it without
+        # retention.
+        log_group_id = role_id.removesuffix("Role") + "LogGroup"
+        resources[log_group_id] = {"Properties": {
+            "LogGroupName": f"/aws/lambda/{function_name(stage, name)}",
+        }}
+        resources[role_id] = {"Properties": {"Policies": [{
+            "PolicyName": f"{role_id}Policy",
+            "PolicyDocument": cfn_policy(stage, name),
+        }]}}
+    # Chalice writes the queue as {"Fn::Sub": "arn:...:<name>"}; the merge is a deep merge, so
+    # the override must use the same key (a GetAtt would end up next to the Sub).
+    resources["WelcomeFollowUp"]["Properties"]["Events"] = {"WelcomeFollowUpSqsEventSource": {
+        "Properties": {"Queue": {"Fn::Sub": "${WelcomeQueue.Arn}"}},
+    }}
+    template["Outputs"]["ManagementEndpoint"] = {"Value": {"Fn::Sub": endpoint}}
+    # The stage is fixed: resolve the IsProd condition so the template says what it does.
+    is_prod = stage == "prod"
+    del template["Conditions"]["IsProd"]
+    if not template["Conditions"]:
+        del template["Conditions"]
+    resolved: dict[str, Any] = _resolve_if(template, "IsProd", is_prod)
+    return resolved
+
+
+def _resolve_if(node: Any, condition: str, value: bool) -> Any:
+    if isinstance(node, dict):
+        branches = node.get("Fn::If")
+        if len(node) == 1 and isinstance(branches, list) and branches[0] == condition:
+            return _resolve_if(branches[1] if value else branches[2], condition, value)
+        return {key: _resolve_if(item, condition, value) for key, item in node.items()}
+    if isinstance(node, list):
+        return [_resolve_if(item, condition, value) for item in node]
+    return node
+
+
+def build(stage: str, outdir: Path) -> dict[str, Any]:
+    """Run ``chalice package`` for ``stage`` into ``outdir``; returns :func:`check_package`."""
+    runtime = runtime_from_env()
+    outdir.mkdir(parents=True, exist_ok=True)
+    merge_file = outdir / "merge-template.json"
+    merge_file.write_text(json.dumps(merge_template(stage), indent=2) + "\n")
+    env = dict(os.environ, LAMBDA_RUNTIME=runtime)
+    # Packaging makes no AWS call and writes ${AWS::Region} into the template, but Chalice wants
+    # a region to create its (unused) client; any value does.
+    env.setdefault("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION") or "us-east-1")
+    # A separate process: Chalice imports app.py with the stage's environment applied to
+    # os.environ, which must not leak into the caller (the test suite).
+    subprocess.run(
+        [sys.executable, "-m", "deploy.chalice_cli", "--project-dir", str(ROOT), "package",
+         "--stage", stage, "--merge-template", str(merge_file), str(outdir)],
+        check=True, cwd=ROOT, env=env,
+    )
+    return check_package(outdir, runtime)
+
+
+def check_package(outdir: Path, runtime: str) -> dict[str, Any]:
+    """Fail (SystemExit) on a package that would not run on ``runtime``; return its sizes.
+
+    * every function's ``Runtime`` and the layer's ``CompatibleRuntimes`` are ``runtime``;
+    * every function Chalice generated has an entry in :data:`deploy.policies.FUNCTIONS` (else it
+      would run with the static file policy, and the merge would have created a partial
+      resource), and no merged resource lacks a ``Type``;
+    * no extension module in either zip is built for another interpreter (``cpython-311`` on a
+      3.12 runtime), and no wheel carries another interpreter's tag;
+    * boto3/botocore are not vendored (the runtime provides them);
+    * every dependency a packaged distribution requires (markers evaluated for ``runtime`` on
+      Linux x86_64) is packaged too: Chalice only warns when it cannot get a wheel.
+    """
+    template = json.loads((outdir / "sam.json").read_text())
+    problems: list[str] = []
+    resources = template["Resources"]
+    functions = {k: v for k, v in resources.items() if v.get("Type") == "AWS::Serverless::Function"}
+    for logical_id, resource in resources.items():
+        if "Type" not in resource:
+            problems.append(f"{logical_id}: merged into the template but Chalice did not create it")
+    if set(functions) != set(FUNCTIONS):
+        problems.append(f"functions {sorted(functions)} != deploy.policies.FUNCTIONS "
+                        f"{sorted(FUNCTIONS)}: update deploy/policies.py")
+    for logical_id, resource in functions.items():
+        if resource["Properties"].get("Runtime") != runtime:
+            problems.append(f"{logical_id}: Runtime {resource['Properties'].get('Runtime')}")
+    for logical_id, resource in resources.items():
+        layer = resource.get("Type") == "AWS::Serverless::LayerVersion"
+        if layer and resource["Properties"].get("CompatibleRuntimes") != [runtime]:
+            problems.append(f"{logical_id}: CompatibleRuntimes "
+                                f"{resource['Properties'].get('CompatibleRuntimes')}")
+    abi = "cp" + runtime.removeprefix("python").replace(".", "")
+    sizes: dict[str, int] = {}
+    for name in ("deployment.zip", "layer-deployment.zip"):
+        path = outdir / name
+        if path.exists():
+            sizes[name] = path.stat().st_size
+            problems += _check_zip(path, abi, runtime)
+    if problems:
+        raise SystemExit("package check failed:\n  " + "\n  ".join(problems))
+    return {"runtime": runtime, "sizes": sizes, "functions": sorted(functions)}
+
+
+_EXT_TAG = re.compile(r"\.cpython-(\d+)[^/]*\.so$")
+_WHEEL_TAG = re.compile(r"^Tag:\s*(\S+)-(\S+)-(\S+)\s*$", re.MULTILINE)
+
+
+def _check_zip(path: Path, abi: str, runtime: str) -> list[str]:
+    problems = []
+    with zipfile.ZipFile(path) as zipped:
+        names = zipped.namelist()
+        for name in names:
+            match = _EXT_TAG.search(name)
+            if match and f"cp{match.group(1)}" != abi:
+                problems.append(f"{path.name}: {name} is built for another Python than {runtime}")
+            if name.endswith(".dist-info/WHEEL"):
+                tags = _WHEEL_TAG.findall(zipped.read(name).decode())
+                for python_tag, abi_tag, _platform in tags:
+                    if abi_tag not in ("none", "abi3", abi) or (
+                        abi_tag == abi and python_tag != abi
+                    ):
+                        problems.append(f"{path.name}: {name}: wheel tag "
+                                        f"{python_tag}-{abi_tag} does not fit {runtime}")
+        tops = {n.split("/")[0] for n in names} | {
+            n.split("/")[4] for n in names if n.startswith("python/lib/") and n.count("/") > 4
+        }
+        for vendored in RUNTIME_PROVIDED:
+            if vendored in tops:
+                problems.append(f"{path.name}: vendors {vendored} (the Lambda runtime provides it)")
+        problems += _check_closure(zipped, names, path.name, runtime)
+    return problems
+
+
+def _check_closure(zipped: zipfile.ZipFile, names: list[str], label: str,
+                   runtime: str) -> list[str]:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    environment = {
+        "python_version": runtime.removeprefix("python"),
+        "python_full_version": runtime.removeprefix("python") + ".0",
+        "implementation_name": "cpython", "platform_python_implementation": "CPython",
+        "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+        "os_name": "posix", "extra": "",
+    }
+    metadata = [n for n in names if n.endswith(".dist-info/METADATA")]
+    present = {canonicalize_name(n.split("/")[-2].split("-")[0]) for n in metadata}
+    present |= {canonicalize_name(name) for name in RUNTIME_PROVIDED}
+    problems = []
+    for name in metadata:
+        for line in zipped.read(name).decode().splitlines():
+            if not line.startswith("Requires-Dist:"):
+                continue
+            requirement = Requirement(line.split(":", 1)[1].strip())
+            if requirement.marker and not requirement.marker.evaluate(environment):
+                continue
+            if canonicalize_name(requirement.name) not in present:
+                problems.append(f"{label}: {name.split('/')[-2]} requires {requirement.name},"
+                                " which is not packaged")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.package", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", required=True)
+    parser.add_argument("outdir", type=Path)
+    args = parser.parse_args(argv)
+    report = build(args.stage, args.outdir.resolve())
+    for name, size in report["sizes"].items():
+        print(f"{name}: {size / 1024:.1f} KiB")
+    print(f"runtime: {report['runtime']}; template: {args.outdir / 'sam.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

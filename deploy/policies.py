@@ -1,0 +1,160 @@
+"""Least-privilege IAM policies for the Lambda functions, in two renderings of one source.
+
+* :func:`cfn_policy` -- for the packaged CloudFormation template (``python -m deploy.package``):
+  every ARN is an ``Fn::Sub`` on the stack's own resources (the table, the queue, *this*
+  WebSocket API), so nothing is shared with another stack or stage.
+* :func:`static_policy` -- the files in ``deploy/iam/`` that ``.chalice/config.json`` names as
+  ``iam_policy_file`` for ``chalice deploy`` users.  Chalice copies them verbatim, so they cannot
+  reference CloudFormation; the region and account are ``*`` and the WebSocket API id is ``*``
+  (``chalice deploy`` creates the API after the role), but every data-plane ARN still names the
+  stage's own table, queue, API stage and ``@connections`` path.
+
+What the code calls (keep in sync with ``chalicelib``; ``tests/deploy`` checks the lists):
+
+* DynamoDB (``chalicelib/store/dynamodb.py``): GetItem, UpdateItem, DeleteItem, Query,
+  BatchWriteItem on the table; Query on the ``by-last-seen`` index (the sweep).
+* SQS (``chalicelib/welcome.py``): SendMessage on the welcome queue; GetQueueUrl only when
+  ``WELCOME_QUEUE_URL`` is a bare name (the static policies; the template passes the URL).
+  The follow-up's event source mapping polls with the function's role: ReceiveMessage,
+  DeleteMessage, GetQueueAttributes, on that queue, for that function only.
+* Management API (``chalicelib/delivery.py``): PostToConnection (POST) and GetConnection (GET) on
+  ``@connections``: ``execute-api:ManageConnections``.
+* CloudWatch Logs: CreateLogGroup, CreateLogStream, PutLogEvents on the function's log group.
+
+Run ``python -m deploy.policies`` to rewrite ``deploy/iam/*.json`` after changing this module.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+APP_NAME = "ws-rooms"
+STAGES = ("dev", "prod")
+#: API Gateway stage name (``api_gateway_stage`` in .chalice/config.json): the WebSocket API's
+#: stage, part of every @connections ARN.
+API_GATEWAY_STAGE = "api"
+LAST_SEEN_INDEX = "by-last-seen"  # chalicelib.store.dynamodb.LAST_SEEN_INDEX (a test checks)
+
+#: Chalice's CloudFormation logical id of each function -> (Chalice function name, role id).
+FUNCTIONS: dict[str, tuple[str, str]] = {
+    "APIHandler": ("api_handler", "ApiHandlerRole"),
+    "WebsocketConnect": ("websocket_connect", "WebsocketConnectRole"),
+    "WebsocketMessage": ("websocket_message", "WebsocketMessageRole"),
+    "WebsocketDisconnect": ("websocket_disconnect", "WebsocketDisconnectRole"),
+    "WelcomeFollowUp": ("welcome_follow_up", "WelcomeFollowUpRole"),
+    "Sweep": ("sweep", "SweepRole"),
+}
+#: The one function that consumes the welcome queue.
+QUEUE_CONSUMER = "welcome_follow_up"
+
+DYNAMODB_TABLE_ACTIONS = [
+    "dynamodb:BatchWriteItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:GetItem",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+]
+DYNAMODB_INDEX_ACTIONS = ["dynamodb:Query"]
+SQS_PRODUCER_ACTIONS = ["sqs:SendMessage"]
+#: What Lambda's SQS event source mapping needs from the function's role (the AWS managed
+#: policy AWSLambdaSQSQueueExecutionRole grants the same three, on "*").
+SQS_CONSUMER_ACTIONS = ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
+LOGS_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+MANAGE_CONNECTIONS = ["execute-api:ManageConnections"]
+
+
+def function_name(stage: str, name: str) -> str:
+    """The Lambda function name Chalice gives ``name`` in ``stage`` (``chalice deploy``)."""
+    return f"{APP_NAME}-{stage}" if name == "api_handler" else f"{APP_NAME}-{stage}-{name}"
+
+
+def table_name(stage: str) -> str:
+    return f"{APP_NAME}-{stage}-connections"
+
+
+def queue_name(stage: str) -> str:
+    return f"{APP_NAME}-{stage}-welcome"
+
+
+def _doc(statements: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _stmt(sid: str, actions: list[str], resources: list[Any]) -> dict[str, Any]:
+    return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
+
+
+def cfn_policy(stage: str, name: str) -> dict[str, Any]:
+    """The policy document of function ``name`` in the packaged template (Fn::Sub ARNs)."""
+    prefix = "arn:${AWS::Partition}"
+    region_account = "${AWS::Region}:${AWS::AccountId}"
+    log_group = f"{prefix}:logs:{region_account}:log-group:/aws/lambda/{function_name(stage, name)}"
+    connections = f"{prefix}:execute-api:{region_account}:${{WebsocketAPI}}/{API_GATEWAY_STAGE}"
+    statements = [
+        _stmt("Logs", LOGS_ACTIONS, [{"Fn::Sub": log_group}, {"Fn::Sub": log_group + ":*"}]),
+        _stmt("ConnectionsTable", DYNAMODB_TABLE_ACTIONS,
+              [{"Fn::GetAtt": ["ConnectionsTable", "Arn"]}]),
+        _stmt("ConnectionsTableIndex", DYNAMODB_INDEX_ACTIONS,
+              [{"Fn::Sub": f"${{ConnectionsTable.Arn}}/index/{LAST_SEEN_INDEX}"}]),
+        _stmt("WelcomeQueueSend", SQS_PRODUCER_ACTIONS, [{"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]),
+        _stmt("ManageConnections", MANAGE_CONNECTIONS, [
+            {"Fn::Sub": f"{connections}/POST/@connections/*"},
+            {"Fn::Sub": f"{connections}/GET/@connections/*"},
+        ]),
+    ]
+    if name == QUEUE_CONSUMER:
+        statements.append(_stmt("WelcomeQueueConsume", SQS_CONSUMER_ACTIONS,
+                                [{"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]))
+    return _doc(statements)
+
+
+def static_policy(stage: str, consumer: bool) -> dict[str, Any]:
+    """The ``iam_policy_file`` for ``chalice deploy`` (``consumer``: the follow-up's file)."""
+    log_groups = []
+    for chalice_name, _role in FUNCTIONS.values():
+        group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(stage, chalice_name)}"
+        log_groups += [group, group + ":*"]
+    table = f"arn:aws:dynamodb:*:*:table/{table_name(stage)}"
+    queue = f"arn:aws:sqs:*:*:{queue_name(stage)}"
+    connections = f"arn:aws:execute-api:*:*:*/{API_GATEWAY_STAGE}"
+    statements = [
+        _stmt("Logs", LOGS_ACTIONS, log_groups),
+        _stmt("ConnectionsTable", DYNAMODB_TABLE_ACTIONS, [table]),
+        _stmt("ConnectionsTableIndex", DYNAMODB_INDEX_ACTIONS,
+              [f"{table}/index/{LAST_SEEN_INDEX}"]),
+        _stmt("WelcomeQueueSend", [*SQS_PRODUCER_ACTIONS, "sqs:GetQueueUrl"], [queue]),
+        _stmt("ManageConnections", MANAGE_CONNECTIONS,
+              [f"{connections}/POST/@connections/*", f"{connections}/GET/@connections/*"]),
+    ]
+    if consumer:
+        statements.append(_stmt("WelcomeQueueConsume", SQS_CONSUMER_ACTIONS, [queue]))
+    return _doc(statements)
+
+
+def static_policy_files() -> dict[str, dict[str, Any]]:
+    """File name (under deploy/iam/) -> document, for every stage."""
+    files = {}
+    for stage in STAGES:
+        files[f"{stage}.json"] = static_policy(stage, consumer=False)
+        files[f"{stage}-{QUEUE_CONSUMER}.json"] = static_policy(stage, consumer=True)
+    return files
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2) + "\n"
+
+
+def main() -> int:
+    iam_dir = Path(__file__).resolve().parent / "iam"
+    iam_dir.mkdir(exist_ok=True)
+    for filename, document in static_policy_files().items():
+        (iam_dir / filename).write_text(render(document))
+        print(f"wrote {iam_dir / filename}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

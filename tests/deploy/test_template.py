@@ -1,0 +1,323 @@
+"""The prod package, built offline, linted and checked: what CI can know without an AWS account.
+
+One ``python -m deploy.package --stage prod`` build per session (a subprocess: Chalice imports
+app.py with the stage's environment applied to os.environ), then cfn-lint on the template and
+assertions on its resources and IAM policies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib.store.dynamodb import LAST_SEEN_INDEX, TTL_ATTRIBUTE, table_definition
+from deploy import policies
+from deploy.package import check_package, merge_template
+
+ROOT = Path(__file__).resolve().parents[2]
+MAX_DEPLOYMENT_ZIP = 200 * 1024
+#: Actions that may use "Resource": "*".  Empty: nothing the app calls lacks resource-level
+#: permissions (X-Ray's PutTraceSegments would, if Tracing were Active; it is PassThrough).
+WILDCARD_ALLOWLIST: frozenset[str] = frozenset()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    outdir = tmp_path_factory.mktemp("prod-package")
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.package", "--stage", "prod", str(outdir)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"dir": outdir, "template": json.loads((outdir / "sam.json").read_text()),
+            "stdout": result.stdout}
+
+
+@pytest.fixture(scope="module")
+def resources(package: dict[str, Any]) -> dict[str, Any]:
+    return package["template"]["Resources"]  # type: ignore[no-any-return]
+
+
+def _of_type(resources: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {k: v for k, v in resources.items() if v["Type"] == kind}
+
+
+def _lint(path: Path) -> tuple[list[str], list[str]]:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "cfn-lint"), "--format", "parseable", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r":E\d{4}:", line)]
+    assert result.returncode in (0, 4, 8, 12), result.stdout + result.stderr  # no errors
+    return errors, [line for line in lines if line not in errors]
+
+
+# ---------------------------------------------------------------------------------- lint, size
+
+
+def test_cfn_lint_packaged_template_has_no_errors(package: dict[str, Any]) -> None:
+    errors, warnings = _lint(package["dir"] / "sam.json")
+    assert errors == []
+    print("cfn-lint warnings:", warnings or "none")
+
+
+def test_cfn_lint_standalone_resources_template_has_no_errors() -> None:
+    errors, _warnings = _lint(ROOT / "deploy" / "resources.json")
+    assert errors == []
+
+
+def test_deployment_zip_is_small_and_runtime_safe(package: dict[str, Any]) -> None:
+    report = check_package(package["dir"], "python3.12")  # raises on any problem
+    size = report["sizes"]["deployment.zip"]
+    print(f"deployment.zip: {size / 1024:.1f} KiB; layer: "
+          f"{report['sizes'].get('layer-deployment.zip', 0) / 1024:.1f} KiB")
+    assert size < MAX_DEPLOYMENT_ZIP
+
+
+def test_functions_run_on_a_supported_runtime(resources: dict[str, Any]) -> None:
+    functions = _of_type(resources, "AWS::Serverless::Function")
+    assert set(functions) == set(policies.FUNCTIONS)
+    for function in functions.values():
+        major, minor = function["Properties"]["Runtime"].removeprefix("python").split(".")
+        assert (int(major), int(minor)) >= (3, 12)
+    for layer in _of_type(resources, "AWS::Serverless::LayerVersion").values():
+        assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"]
+
+
+def test_template_names_no_region_or_account(package: dict[str, Any]) -> None:
+    text = (package["dir"] / "sam.json").read_text()
+    assert "us-east-1" not in text
+    assert not re.search(r"\b\d{12}\b", text)
+
+
+# ---------------------------------------------------------------------------------- resources
+
+
+def test_connections_table(resources: dict[str, Any]) -> None:
+    table = resources["ConnectionsTable"]
+    assert table["Type"] == "AWS::DynamoDB::Table"
+    props = table["Properties"]
+    expected = table_definition("x")
+    for key in ("BillingMode", "AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes"):
+        assert props[key] == expected[key], key
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert props["TableName"] == {"Fn::Sub": "ws-rooms-${Stage}-connections"}
+
+
+def test_dev_table_has_no_point_in_time_recovery() -> None:
+    props = merge_template("dev")["Resources"]["ConnectionsTable"]["Properties"]
+    assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": False}
+
+
+def test_stage_parameter_is_pinned(package: dict[str, Any]) -> None:
+    stage = package["template"]["Parameters"]["Stage"]
+    assert stage["AllowedValues"] == ["prod"]
+    assert stage["Default"] == "prod"
+
+
+def test_welcome_queue_has_a_dead_letter_queue(resources: dict[str, Any]) -> None:
+    queue, dlq = resources["WelcomeQueue"], resources["WelcomeDeadLetterQueue"]
+    assert queue["Type"] == dlq["Type"] == "AWS::SQS::Queue"
+    redrive = queue["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["WelcomeDeadLetterQueue", "Arn"]}
+    assert 1 <= redrive["maxReceiveCount"] <= 10
+    # Lambda's advice: visibility timeout >= 6x the consumer's timeout, or batches redeliver early.
+    timeout = resources["WelcomeFollowUp"]["Properties"]["Timeout"]
+    assert queue["Properties"]["VisibilityTimeout"] >= 6 * timeout
+    # A standard queue's DLQ keeps the original enqueue time: it must retain longer.
+    retention = "MessageRetentionPeriod"
+    assert dlq["Properties"][retention] > queue["Properties"][retention]
+
+
+def test_follow_up_event_source_is_bound_to_the_queue_arn(resources: dict[str, Any]) -> None:
+    events = resources["WelcomeFollowUp"]["Properties"]["Events"]
+    sources = [e for e in events.values() if e["Type"] == "SQS"]
+    assert len(sources) == 1
+    assert sources[0]["Properties"]["Queue"] == {"Fn::Sub": "${WelcomeQueue.Arn}"}
+    assert sources[0]["Properties"]["BatchSize"] == 10
+
+
+def test_functions_get_their_configuration_from_the_stack(resources: dict[str, Any]) -> None:
+    for logical_id, (name, _role) in policies.FUNCTIONS.items():
+        props = resources[logical_id]["Properties"]
+        variables = props["Environment"]["Variables"]
+        assert variables["CONNECTIONS_STORE"] == {"Fn::Sub": "dynamodb://${ConnectionsTable}"}
+        assert variables["WELCOME_QUEUE_URL"] == {"Ref": "WelcomeQueue"}
+        assert "${WebsocketAPI}" in variables["WS_MANAGEMENT_ENDPOINT"]["Fn::Sub"]
+        for key in ("WELCOME_DELAY_SECONDS", "FANOUT_CONCURRENCY", "LOG_LEVEL"):
+            assert isinstance(variables[key], str), key
+        assert props["FunctionName"] == policies.function_name("prod", name)
+
+
+def test_log_groups_have_retention(resources: dict[str, Any]) -> None:
+    groups = _of_type(resources, "AWS::Logs::LogGroup")
+    assert len(groups) == len(policies.FUNCTIONS)
+    names = {g["Properties"]["LogGroupName"] for g in groups.values()}
+    assert names == {f"/aws/lambda/{policies.function_name('prod', n)}"
+                     for n, _ in policies.FUNCTIONS.values()}
+    assert all(g["Properties"]["RetentionInDays"] == 30 for g in groups.values())
+
+
+def test_websocket_api_and_its_three_routes(resources: dict[str, Any]) -> None:
+    apis = _of_type(resources, "AWS::ApiGatewayV2::Api")
+    assert list(apis) == ["WebsocketAPI"]
+    assert apis["WebsocketAPI"]["Properties"]["ProtocolType"] == "WEBSOCKET"
+    routes = {r["Properties"]["RouteKey"] for r in
+              _of_type(resources, "AWS::ApiGatewayV2::Route").values()}
+    assert routes == {"$connect", "$default", "$disconnect"}
+    stage = resources["WebsocketAPIStage"]["Properties"]
+    assert stage["StageName"] == policies.API_GATEWAY_STAGE
+
+
+def test_rest_route_uses_the_iam_authorizer(resources: dict[str, Any]) -> None:
+    body = resources["RestAPI"]["Properties"]["DefinitionBody"]
+    post = body["paths"]["/rooms/{room}/messages"]["post"]
+    (scheme,) = (next(iter(s)) for s in post["security"])
+    assert body["securityDefinitions"][scheme]["x-amazon-apigateway-authtype"] == "awsSigv4"
+
+
+# ---------------------------------------------------------------------------------- IAM
+
+
+def _statements(resources: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for logical_id, resource in resources.items():
+        if resource["Type"] == "AWS::IAM::Role":
+            for policy in resource["Properties"].get("Policies", []):
+                for statement in policy["PolicyDocument"]["Statement"]:
+                    yield logical_id, statement
+            assert not resource["Properties"].get("ManagedPolicyArns"), logical_id
+        elif resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
+                yield logical_id, statement
+        elif resource["Type"] == "AWS::Serverless::Function":
+            assert "Policies" not in resource["Properties"], logical_id
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _is_wildcard(resource: Any) -> bool:
+    """"*", or an ARN whose resource part is "*" (every table, queue, API... of the account)."""
+    arn = resource.get("Fn::Sub", "") if isinstance(resource, dict) else resource
+    if arn == "*":
+        return True
+    parts = str(arn).split(":", 5)
+    return len(parts) == 6 and parts[5] in ("*", "", "table/*", "log-group:*")
+
+
+def _assert_no_data_plane_wildcards(where: str, statement: dict[str, Any]) -> None:
+    assert statement["Effect"] == "Allow" and "NotAction" not in statement, where
+    assert "NotResource" not in statement, where
+    actions = _as_list(statement["Action"])
+    for action in actions:
+        assert "*" not in action, f"{where}: wildcard action {action}"
+    for resource in _as_list(statement["Resource"]):
+        if _is_wildcard(resource):
+            outside = [a for a in actions if not a.startswith("logs:")
+                       and a not in WILDCARD_ALLOWLIST]
+            assert not outside, f"{where}: {outside} on {resource}"
+
+
+def test_no_data_plane_wildcard_resources(resources: dict[str, Any]) -> None:
+    statements = list(_statements(resources))
+    assert statements
+    for logical_id, statement in statements:
+        _assert_no_data_plane_wildcards(f"{logical_id}/{statement.get('Sid')}", statement)
+        assert "*" not in _as_list(statement["Resource"])
+
+
+def test_static_policy_files_have_no_wildcard_resources() -> None:
+    for path in sorted((ROOT / "deploy" / "iam").glob("*.json")):
+        for statement in json.loads(path.read_text())["Statement"]:
+            _assert_no_data_plane_wildcards(f"{path.name}/{statement.get('Sid')}", statement)
+            assert "*" not in _as_list(statement["Resource"])
+
+
+def test_each_role_grants_exactly_what_the_code_calls(resources: dict[str, Any]) -> None:
+    for logical_id, (name, role_id) in policies.FUNCTIONS.items():
+        assert resources[logical_id]["Properties"]["Role"] == {"Fn::GetAtt": [role_id, "Arn"]}
+        by_sid = {s["Sid"]: s for rid, s in _statements(resources) if rid == role_id}
+        granted = {(sid, a) for sid, s in by_sid.items() for a in _as_list(s["Action"])}
+        expected = {("Logs", a) for a in policies.LOGS_ACTIONS}
+        expected |= {("ConnectionsTable", a) for a in policies.DYNAMODB_TABLE_ACTIONS}
+        expected |= {("ConnectionsTableIndex", "dynamodb:Query"),
+                     ("WelcomeQueueSend", "sqs:SendMessage"),
+                     ("ManageConnections", "execute-api:ManageConnections")}
+        if name == policies.QUEUE_CONSUMER:
+            expected |= {("WelcomeQueueConsume", a) for a in policies.SQS_CONSUMER_ACTIONS}
+        assert granted == expected, role_id
+        assert by_sid["ConnectionsTable"]["Resource"] == [
+            {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}]
+        assert by_sid["ConnectionsTableIndex"]["Resource"] == [
+            {"Fn::Sub": f"${{ConnectionsTable.Arn}}/index/{LAST_SEEN_INDEX}"}]
+        assert by_sid["WelcomeQueueSend"]["Resource"] == [{"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]
+        for arn in by_sid["ManageConnections"]["Resource"]:
+            assert re.fullmatch(
+                r"arn:\$\{AWS::Partition\}:execute-api:\$\{AWS::Region\}:\$\{AWS::AccountId\}:"
+                r"\$\{WebsocketAPI\}/api/(GET|POST)/@connections/\*", arn["Fn::Sub"]), arn
+        for arn in by_sid["Logs"]["Resource"]:
+            assert f"log-group:/aws/lambda/{policies.function_name('prod', name)}" in arn["Fn::Sub"]
+
+
+def _calls(path: str, receiver: str) -> set[str]:
+    source = (ROOT / path).read_text()
+    return set(re.findall(rf"{re.escape(receiver)}\.([a-z_]+)\(", source))
+
+
+def _action(service: str, call: str) -> str:
+    return service + ":" + "".join(part.capitalize() for part in call.split("_"))
+
+
+def test_policies_cover_exactly_the_api_calls_in_the_code() -> None:
+    dynamodb = {_action("dynamodb", c) for c in _calls("chalicelib/store/dynamodb.py",
+                                                       "self._client")}
+    assert dynamodb == set(policies.DYNAMODB_TABLE_ACTIONS)
+    assert LAST_SEEN_INDEX == policies.LAST_SEEN_INDEX
+    sqs = {_action("sqs", c) for c in _calls("chalicelib/welcome.py", "self.client")}
+    assert sqs == {"sqs:SendMessage", "sqs:GetQueueUrl"}
+    management = _calls("chalicelib/delivery.py", "self.client")
+    assert management == {"post_to_connection", "get_connection"}  # POST and GET @connections
+
+
+def test_static_policy_files_are_up_to_date() -> None:
+    for filename, document in policies.static_policy_files().items():
+        path = ROOT / "deploy" / "iam" / filename
+        assert path.read_text() == policies.render(document), (
+            f"{path} is stale: run python -m deploy.policies")
+
+
+# ---------------------------------------------------------------------------------- config
+
+
+def test_stage_config() -> None:
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    stages = config["stages"]
+    assert stages["test"] == {"environment_variables": {}}
+    for stage in policies.STAGES:
+        settings = stages[stage]
+        env = settings["environment_variables"]
+        assert env["CONNECTIONS_STORE"] == f"dynamodb://{policies.table_name(stage)}"
+        assert env["WELCOME_QUEUE_URL"] == policies.queue_name(stage)
+        assert env["WELCOME_QUEUE_NAME"] == policies.queue_name(stage)
+        for key in ("WELCOME_DELAY_SECONDS", "FANOUT_CONCURRENCY", "LOG_LEVEL"):
+            assert key in env
+        assert settings["autogen_policy"] is False
+        assert settings["automatic_layer"] is True
+        assert settings["log_retention_in_days"] > 0
+        assert settings["iam_policy_file"] == f"../deploy/iam/{stage}.json"
+        assert (settings["lambda_functions"][policies.QUEUE_CONSUMER]["iam_policy_file"]
+                == f"../deploy/iam/{stage}-{policies.QUEUE_CONSUMER}.json")
+    text = (ROOT / ".chalice" / "config.json").read_text()
+    assert not re.search(r"\b\d{12}\b", text), "no account ids in the repo"
+    assert not re.search(r"(?i)secret|password|AKIA[0-9A-Z]{16}", text)
