@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit run venv clean browser
+.PHONY: test lint typecheck unit run venv clean browser soak
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ run: $(STAMP)
 	$(PY) -m localgateway --project-dir . $(ARGS)
 
 test: lint typecheck unit
+
+# Long reliability runs (docs/reliability.md): a few minutes, 127.0.0.1 only, bounded.
+soak: $(STAMP)
+	mkdir -p .local
+	$(PY) -m tests.reliability.soak --json .local/soak.json
+	RELIABILITY_EXAMPLES=2000 $(PY) -m pytest -q tests/reliability/test_hostile.py \
+		tests/reliability/test_storage_faults.py tests/reliability/test_restart.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .local
