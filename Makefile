@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit run venv clean browser soak
+.PHONY: test lint typecheck unit run venv clean browser soak bench bench-quick
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ soak: $(STAMP)
 	$(PY) -m tests.reliability.soak --json .local/soak.json
 	RELIABILITY_EXAMPLES=2000 $(PY) -m pytest -q tests/reliability/test_hostile.py \
 		tests/reliability/test_storage_faults.py tests/reliability/test_restart.py
+
+# Benchmarks (docs/benchmarks.md, docs/fanout.png); PEER=1 adds serverless-offline side by side.
+bench: $(STAMP)
+	$(PY) -m bench $(if $(PEER),--peer) --out docs/benchmarks.md --plot docs/fanout.png
+
+bench-quick: $(STAMP)
+	$(PY) -m bench --quick $(if $(PEER),--peer) --out .local/bench-quick/benchmarks.md \
+		--plot .local/bench-quick/fanout.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .local

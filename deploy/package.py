@@ -8,6 +8,10 @@
    (:func:`deploy.policies.cfn_policy`), the follow-up's event source bound to the queue's
    ``Arn``, ``CONNECTIONS_STORE``/``WELCOME_QUEUE_URL``/``WS_MANAGEMENT_ENDPOINT`` from the stack's
    resources, and the function and log group names ``chalice deploy`` would use.
+   It also adds the stack parameters of :data:`AUTH_PARAMETERS` (authentication is mandatory in
+   Lambda: ``AuthJwksUrl`` is required, passed to every function as ``WS_AUTH_JWKS_URL``) and of
+   :data:`THROTTLING_PARAMETERS` (the WebSocket stage's default and ``$connect`` throttling,
+   with data trace logging off).
 2. Runs ``chalice package --stage STAGE --merge-template OUTDIR/merge-template.json OUTDIR`` with
    the Lambda runtime pinned (:mod:`deploy.chalice_cli`, default python3.12).
 3. Checks the result (:func:`check_package`) and prints the artifact sizes.
@@ -17,7 +21,8 @@ Then deploy it (see docs/deploy.md)::
     aws cloudformation package --template-file OUTDIR/sam.json --s3-bucket BUCKET \\
         --output-template-file OUTDIR/packaged.yaml
     aws cloudformation deploy --template-file OUTDIR/packaged.yaml --stack-name ws-rooms-prod \\
-        --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND
+        --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND \\
+        --parameter-overrides AuthJwksUrl=https://cognito-idp.REGION.amazonaws.com/POOL/.well-known/jwks.json
 """
 
 from __future__ import annotations
@@ -32,13 +37,57 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from deploy.chalice_cli import runtime_from_env
+from deploy.chalice_cli import ENV_FILE_VARIABLE, runtime_from_env
 from deploy.policies import API_GATEWAY_STAGE, FUNCTIONS, cfn_policy, function_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOURCES = Path(__file__).resolve().parent / "resources.json"
 #: The Lambda runtime provides these; vendoring them would pin stale copies into the package.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
+
+#: Stack parameter -> (environment variable of every function, parameter definition).  Settings
+#: reads an empty value as "not configured" (``environ.get(...) or None``), so the optional ones
+#: default to "".  No default for AuthJwksUrl: a stack without authentication cannot be created
+#: (the functions would refuse to run anyway; see chalicelib/settings.py and docs/security.md).
+AUTH_PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "AuthJwksUrl": ("WS_AUTH_JWKS_URL", {
+        "Type": "String",
+        "AllowedPattern": "^https://.+",
+        "ConstraintDescription": "an https:// URL",
+        "Description": "JWKS URL the $connect tokens are verified against (RS256/ES256), e.g."
+                       " https://cognito-idp.REGION.amazonaws.com/POOL_ID/.well-known/jwks.json",
+    }),
+    "AuthAudience": ("WS_AUTH_AUDIENCE", {
+        "Type": "String",
+        "Default": "",
+        "Description": "Required 'aud' of tokens (Cognito: the app client id, for ID tokens);"
+                       " empty: not checked",
+    }),
+    "AuthIssuer": ("WS_AUTH_ISSUER", {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^(https://.+)?$",
+        "ConstraintDescription": "empty or an https:// URL",
+        "Description": "Required 'iss' of tokens (Cognito:"
+                       " https://cognito-idp.REGION.amazonaws.com/POOL_ID); empty: not checked",
+    }),
+    "AllowedOrigins": ("WS_ALLOWED_ORIGINS", {
+        "Type": "String",
+        "Default": "",
+        "Description": "Comma-separated Origin allowlist for $connect (e.g."
+                       " https://app.example.com); empty: any origin",
+    }),
+}
+#: WebSocket stage throttling (requests per second, steady rate and burst), refused by API
+#: Gateway before any Lambda runs.  ``$connect`` gets tighter limits than the other routes.
+THROTTLING_PARAMETERS: dict[str, tuple[str, int]] = {
+    "WebsocketThrottlingBurstLimit": ("burst of requests, every route (default settings)", 200),
+    "WebsocketThrottlingRateLimit": ("steady requests per second, every route", 100),
+    "ConnectThrottlingBurstLimit": ("burst of $connect requests", 50),
+    "ConnectThrottlingRateLimit": ("steady $connect requests per second", 20),
+}
+#: Chalice's logical id of the WebSocket API's stage.
+WEBSOCKET_STAGE = "WebsocketAPIStage"
 
 
 def merge_template(stage: str) -> dict[str, Any]:
@@ -61,6 +110,8 @@ def merge_template(stage: str) -> dict[str, Any]:
                 "WELCOME_QUEUE_URL": {"Ref": "WelcomeQueue"},
                 "WELCOME_QUEUE_NAME": {"Fn::GetAtt": ["WelcomeQueue", "QueueName"]},
                 "WS_MANAGEMENT_ENDPOINT": {"Fn::Sub": endpoint},
+                **{variable: {"Ref": parameter}
+                   for parameter, (variable, _definition) in AUTH_PARAMETERS.items()},
             }},
         }}
         # Chalice creates these from log_retention_in_days (required in .chalice/config.json).
@@ -81,6 +132,24 @@ def merge_template(stage: str) -> dict[str, Any]:
         "Properties": {"Queue": {"Fn::Sub": "${WelcomeQueue.Arn}"}},
     }}
     template["Outputs"]["ManagementEndpoint"] = {"Value": {"Fn::Sub": endpoint}}
+    template["Parameters"].update(
+        {parameter: definition for parameter, (_variable, definition) in AUTH_PARAMETERS.items()})
+    template["Parameters"].update({
+        parameter: {"Type": "Number", "Default": default, "MinValue": 1, "Description": text}
+        for parameter, (text, default) in THROTTLING_PARAMETERS.items()})
+    # Data trace logging stays off: it would log full requests, token query strings included.
+    resources[WEBSOCKET_STAGE] = {"Properties": {
+        "DefaultRouteSettings": {
+            "ThrottlingBurstLimit": {"Ref": "WebsocketThrottlingBurstLimit"},
+            "ThrottlingRateLimit": {"Ref": "WebsocketThrottlingRateLimit"},
+            "DataTraceEnabled": False,
+        },
+        "RouteSettings": {"$connect": {
+            "ThrottlingBurstLimit": {"Ref": "ConnectThrottlingBurstLimit"},
+            "ThrottlingRateLimit": {"Ref": "ConnectThrottlingRateLimit"},
+            "DataTraceEnabled": False,
+        }},
+    }}
     # The stage is fixed: resolve the IsProd condition so the template says what it does.
     is_prod = stage == "prod"
     del template["Conditions"]["IsProd"]
@@ -108,6 +177,9 @@ def build(stage: str, outdir: Path) -> dict[str, Any]:
     merge_file = outdir / "merge-template.json"
     merge_file.write_text(json.dumps(merge_template(stage), indent=2) + "\n")
     env = dict(os.environ, LAMBDA_RUNTIME=runtime)
+    # The template takes its settings as stack parameters; a chalice-deploy overlay (which may
+    # hold a secret) must never be written into it.
+    env.pop(ENV_FILE_VARIABLE, None)
     # Packaging makes no AWS call and writes ${AWS::Region} into the template, but Chalice wants
     # a region to create its (unused) client; any value does.
     env.setdefault("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION") or "us-east-1")

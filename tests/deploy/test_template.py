@@ -8,6 +8,7 @@ assertions on its resources and IAM policies.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,9 +18,18 @@ from typing import Any
 
 import pytest
 
+from chalicelib.errors import ConfigError
+from chalicelib.settings import Settings
 from chalicelib.store.dynamodb import LAST_SEEN_INDEX, TTL_ATTRIBUTE, table_definition
 from deploy import policies
-from deploy.package import check_package, merge_template
+from deploy.chalice_cli import ENV_FILE_VARIABLE, load_env_file, overlay_environment
+from deploy.package import (
+    AUTH_PARAMETERS,
+    THROTTLING_PARAMETERS,
+    WEBSOCKET_STAGE,
+    check_package,
+    merge_template,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_DEPLOYMENT_ZIP = 200 * 1024
@@ -28,12 +38,20 @@ MAX_DEPLOYMENT_ZIP = 200 * 1024
 WILDCARD_ALLOWLIST: frozenset[str] = frozenset()
 
 
+#: Put in a DEPLOY_ENV_FILE overlay for the package build: deploy.package must ignore it.
+OVERLAY_SENTINEL = "overlay-value-that-must-not-reach-the-template"
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     outdir = tmp_path_factory.mktemp("prod-package")
+    overlay = tmp_path_factory.mktemp("overlay") / "env.json"
+    overlay.write_text(json.dumps({"WS_AUTH_SECRET": OVERLAY_SENTINEL,
+                                   "OVERLAY_ONLY": OVERLAY_SENTINEL}))
     result = subprocess.run(
         [sys.executable, "-m", "deploy.package", "--stage", "prod", str(outdir)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, ENV_FILE_VARIABLE: str(overlay)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return {"dir": outdir, "template": json.loads((outdir / "sam.json").read_text()),
@@ -157,6 +175,102 @@ def test_functions_get_their_configuration_from_the_stack(resources: dict[str, A
         for key in ("WELCOME_DELAY_SECONDS", "FANOUT_CONCURRENCY", "LOG_LEVEL"):
             assert isinstance(variables[key], str), key
         assert props["FunctionName"] == policies.function_name("prod", name)
+
+
+def test_every_function_gets_auth_from_the_stack_parameters(package: dict[str, Any]) -> None:
+    template = package["template"]
+    for logical_id in policies.FUNCTIONS:
+        variables = template["Resources"][logical_id]["Properties"]["Environment"]["Variables"]
+        assert variables["WS_AUTH_JWKS_URL"] == {"Ref": "AuthJwksUrl"}, logical_id
+        assert variables["WS_AUTH_AUDIENCE"] == {"Ref": "AuthAudience"}, logical_id
+        assert variables["WS_AUTH_ISSUER"] == {"Ref": "AuthIssuer"}, logical_id
+        assert variables["WS_ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}, logical_id
+        assert "WS_AUTH_SECRET" not in variables, logical_id
+    parameters = template["Parameters"]
+    jwks = parameters["AuthJwksUrl"]
+    assert "Default" not in jwks, "AuthJwksUrl must be required: no stack without auth"
+    pattern = re.compile(jwks["AllowedPattern"])
+    assert pattern.fullmatch(
+        "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json")
+    for bad in ("", "http://idp.example.com/jwks.json", "cognito-idp.amazonaws.com"):
+        assert not pattern.fullmatch(bad), bad
+    for name in ("AuthAudience", "AuthIssuer", "AllowedOrigins"):
+        assert parameters[name]["Default"] == "", name
+    issuer = re.compile(parameters["AuthIssuer"]["AllowedPattern"])
+    assert issuer.fullmatch("") and issuer.fullmatch("https://idp.example.com")
+    assert not issuer.fullmatch("http://idp.example.com")
+
+
+def test_an_overlay_file_never_reaches_the_template(package: dict[str, Any]) -> None:
+    assert OVERLAY_SENTINEL not in (package["dir"] / "sam.json").read_text()
+
+
+def test_empty_optional_auth_parameters_mean_not_configured() -> None:
+    """What the functions see with only AuthJwksUrl given: the other parameters default to ""."""
+    environ = {"AWS_LAMBDA_FUNCTION_NAME": "ws-rooms-prod-websocket_connect",
+               "CONNECTIONS_STORE": "dynamodb://ws-rooms-prod-connections",
+               **{variable: "" for variable, _definition in AUTH_PARAMETERS.values()},
+               "WS_AUTH_JWKS_URL": "https://idp.example.com/.well-known/jwks.json"}
+    settings = Settings.from_env(environ)
+    assert settings.auth_enabled
+    assert settings.auth_audience is None
+    assert settings.auth_issuer is None
+    assert settings.allowed_origins == ()
+    # And an empty JWKS URL is "no authentication", which Lambda refuses.
+    with pytest.raises(ConfigError, match="WS_AUTH_JWKS_URL"):
+        Settings.from_env({**environ, "WS_AUTH_JWKS_URL": ""})
+
+
+def _parameter_value(template: dict[str, Any], value: Any) -> Any:
+    """A literal, or the default of the parameter a {"Ref": ...} names."""
+    if isinstance(value, dict) and set(value) == {"Ref"}:
+        return template["Parameters"][value["Ref"]]["Default"]
+    return value
+
+
+def test_websocket_stage_is_throttled_without_data_trace(package: dict[str, Any]) -> None:
+    template = package["template"]
+    stage = template["Resources"][WEBSOCKET_STAGE]
+    assert stage["Type"] == "AWS::ApiGatewayV2::Stage"
+    assert stage["Properties"]["ApiId"] == {"Ref": "WebsocketAPI"}
+    default = stage["Properties"]["DefaultRouteSettings"]
+    connect = stage["Properties"]["RouteSettings"]["$connect"]
+    limits = {}
+    for name, settings in (("default", default), ("$connect", connect)):
+        assert settings["DataTraceEnabled"] is False, name
+        burst = _parameter_value(template, settings["ThrottlingBurstLimit"])
+        rate = _parameter_value(template, settings["ThrottlingRateLimit"])
+        assert isinstance(burst, int) and isinstance(rate, int) and 0 < rate <= burst, name
+        limits[name] = (burst, rate)
+    assert limits == {"default": (200, 100), "$connect": (50, 20)}
+    for parameter in THROTTLING_PARAMETERS:
+        assert template["Parameters"][parameter]["Type"] == "Number"
+        assert template["Parameters"][parameter]["MinValue"] == 1
+
+
+def test_env_file_overlay_reaches_every_function_of_a_deploy_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chalice.cli.factory import CLIFactory
+
+    # Restored after the test: overlay_environment patches the class.
+    monkeypatch.setattr(CLIFactory, "create_config_obj", CLIFactory.create_config_obj)
+    path = tmp_path / "dev.json"
+    path.write_text(json.dumps({"WS_AUTH_JWKS_URL": "https://idp.example.com/jwks.json"}))
+    overlay_environment(load_env_file(path))
+    config = CLIFactory(project_dir=str(ROOT)).create_config_obj(chalice_stage_name="dev")
+    for name in ("websocket_connect", policies.QUEUE_CONSUMER):
+        env = config.scope("dev", name).environment_variables
+        assert env["WS_AUTH_JWKS_URL"] == "https://idp.example.com/jwks.json"
+        assert env["CONNECTIONS_STORE"] == f"dynamodb://{policies.table_name('dev')}"
+
+
+@pytest.mark.parametrize("content", ['["WS_AUTH_JWKS_URL"]', '{"WS_RATE_LIMIT": 5}', "{"])
+def test_env_file_must_be_an_object_of_strings(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "env.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit, match=ENV_FILE_VARIABLE):
+        load_env_file(path)
 
 
 def test_log_groups_have_retention(resources: dict[str, Any]) -> None:
@@ -320,4 +434,17 @@ def test_stage_config() -> None:
                 == f"../deploy/iam/{stage}-{policies.QUEUE_CONSUMER}.json")
     text = (ROOT / ".chalice" / "config.json").read_text()
     assert not re.search(r"\b\d{12}\b", text), "no account ids in the repo"
+    assert "WS_AUTH_SECRET" not in text, "no auth secret in the repo"
     assert not re.search(r"(?i)secret|password|AKIA[0-9A-Z]{16}", text)
+
+
+def test_repo_config_holds_no_auth_settings() -> None:
+    """No secret in the repo, and the stages the local gateway loads stay auth-off by default:
+    deployed stages get WS_AUTH_* from stack parameters or a DEPLOY_ENV_FILE overlay."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    layers = [config, *config["stages"].values()]
+    layers += [f for stage in config["stages"].values()
+               for f in stage.get("lambda_functions", {}).values()]
+    for layer in layers:
+        env = layer.get("environment_variables", {})
+        assert not [key for key in env if key.startswith("WS_AUTH_")], env
