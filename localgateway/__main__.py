@@ -22,7 +22,7 @@ from localgateway.invoker import InProcessInvoker
 from localgateway.project import Functions, Project, compute_environment, offline_aws_defaults
 from localgateway.redaction import RedactingFilter, redact
 from localgateway.redaction import install as install_redaction
-from localgateway.server import GatewayServer, ServerSettings
+from localgateway.server import STATIC_DIR, GatewayServer, ServerSettings
 from localgateway.sqs import LocalQueues, SqsPoller
 
 LOG = logging.getLogger("localgateway")
@@ -198,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Local gateway for {project_dir} (stage {args.stage})", flush=True)
     print(f"  REST API:        http://{shown}:{args.port}/", flush=True)
     print(f"  WebSocket:       ws://{domain}/{api_stage}", flush=True)
+    if os.path.exists(os.path.join(STATIC_DIR, "index.html")):
+        print(f"  Demo page:       http://{domain}/  (open it in two tabs and chat)", flush=True)
     print(f"  Management API:  {management_endpoint}  (WS_MANAGEMENT_ENDPOINT)", flush=True)
     print(f"  Connections:     {env['CONNECTIONS_STORE']}", flush=True)
     if queues is not None:

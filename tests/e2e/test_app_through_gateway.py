@@ -157,3 +157,16 @@ def test_follow_up_welcomes_a_client_that_never_sends(tmp_path: Path) -> None:
                 assert await _request(ws, {"action": "ping"}) == {"type": "pong", "data": {}}
 
         asyncio.run(scenario())
+
+
+def test_startup_prints_the_urls_and_serves_the_demo_page(gateway: Gateway) -> None:
+    import urllib.request
+
+    log = gateway.log()
+    for label in ("REST API:", "WebSocket:", "Management API:", "Demo page:"):
+        assert label in log, log
+    assert gateway.ws_url in log
+    with urllib.request.urlopen(gateway.gateway_url + "/", timeout=TIMEOUT) as response:
+        assert response.status == 200
+        assert "text/html" in response.headers["Content-Type"]
+        assert b"<html" in response.read()
