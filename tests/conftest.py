@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
+from tests.support.aws import offline_aws
 from tests.support.events import connect_event, disconnect_event, message_event, new_connection_id
 from tests.support.management_api import FakeManagementApi
 
@@ -17,18 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Offline AWS settings: fake credentials, a region, and no real endpoints."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_LAMBDA_FUNCTION_NAME", "WELCOME_QUEUE_URL",
-                 "CONNECTIONS_STORE", "WS_MANAGEMENT_ENDPOINT"):
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline AWS settings, and none of the app's variables from the developer's shell."""
+    offline_aws(monkeypatch, tmp_path)
+    for name in ("WELCOME_QUEUE_URL", "CONNECTIONS_STORE", "WS_MANAGEMENT_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
 
 

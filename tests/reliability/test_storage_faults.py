@@ -26,6 +26,7 @@ from chalicelib.store.dynamodb import DynamoDbStore, table_definition
 from chalicelib.welcome import FollowUp
 from tests.store.conftest import serialize_requests
 from tests.store.fakes import T0, FakeClock, no_sleep
+from tests.support.aws import offline_aws
 from tests.support.management_api import FakeManagementApi
 
 THROTTLE = "ProvisionedThroughputExceededException"
@@ -34,14 +35,7 @@ CID = "c1"
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_DYNAMODB", "AWS_LAMBDA_FUNCTION_NAME"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    offline_aws(monkeypatch, tmp_path)
 
 
 @pytest.fixture

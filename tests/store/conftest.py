@@ -15,6 +15,7 @@ from chalicelib.store.base import ConnectionStore
 from chalicelib.store.dynamodb import DynamoDbStore, table_definition
 from chalicelib.store.memory import MemoryStore
 from chalicelib.store.sqlite import SqliteStore
+from tests.support.aws import offline_aws
 
 from .fakes import FakeClock, no_sleep
 
@@ -24,19 +25,7 @@ TABLE = "connections-test"
 @pytest.fixture(autouse=True)
 def fake_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Never reach real AWS or read the developer's profile."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_DYNAMODB",
-        "AWS_LAMBDA_FUNCTION_NAME",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    offline_aws(monkeypatch, tmp_path)
 
 
 @pytest.fixture
