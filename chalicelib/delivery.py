@@ -33,11 +33,22 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.protocol import MAX_MESSAGE_BYTES
+from chalicelib.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CallCounter",
+    "Deliverer",
+    "FanOutReport",
+    "Liveness",
+    "Outcome",
+    "RetryPolicy",
+    "fan_out",
+]
 
 Sleep = Callable[[float], None]
 
@@ -57,19 +68,6 @@ class Liveness(enum.Enum):
     GONE = "gone"
     #: The check itself failed (403, throttled past the bound...): decide nothing from it.
     UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries with capped exponential backoff and full jitter."""
-
-    max_attempts: int = 4
-    base_delay: float = 0.05
-    max_delay: float = 1.0
-
-    def delay(self, attempt: int, rng: Callable[[], float]) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        return float(rng() * min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
 
 class _Kind(enum.Enum):

@@ -99,12 +99,6 @@ def test_retries_stop_at_the_bound_and_report_failed() -> None:
     assert len(sleeps.delays) == 3
 
 
-def test_backoff_is_capped() -> None:
-    policy = RetryPolicy(max_attempts=10, base_delay=0.5, max_delay=2.0)
-    assert [policy.delay(n, lambda: 1.0) for n in (1, 2, 3, 4, 8)] == [0.5, 1.0, 2.0, 2.0, 2.0]
-    assert policy.delay(3, lambda: 0.0) == 0.0
-
-
 def test_oversized_payload_is_refused_without_a_call() -> None:
     deliverer, _, _ = _stubbed([], then_ok=False)
     assert deliverer.post("c1", b"x" * (MAX_MESSAGE_BYTES + 1)) is Outcome.TOO_LARGE

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TypedDict, TypeVar
 
 from chalicelib.errors import StoreError
+from chalicelib.retry import RetryPolicy
 
 #: API Gateway closes every WebSocket connection after two hours; records live a little longer
 #: so that a late ``$disconnect`` still finds them, then expire (DynamoDB TTL, or filtered on read).
@@ -105,12 +106,9 @@ class ConnectionStore(ABC):
         attempts: int = DEFAULT_ATTEMPTS,
         base_delay: float = 0.05,
     ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
         self._clock = clock
         self._sleep = sleep
-        self._attempts = attempts
-        self._base_delay = base_delay
+        self._retry = RetryPolicy(max_attempts=attempts, base_delay=base_delay)
 
     # ------------------------------------------------------------------ public API
 
@@ -261,14 +259,13 @@ class ConnectionStore(ABC):
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         """Run ``operation``, retrying transient failures with capped exponential backoff."""
-        for attempt in range(1, self._attempts + 1):
+        for attempt in range(1, self._retry.max_attempts + 1):
             try:
                 return operation()
             except TransientStoreError:
-                if attempt == self._attempts:
+                if attempt == self._retry.max_attempts:
                     raise
-                # Full jitter: spreads retries of many containers hitting the same throttle.
-                self._sleep(random.uniform(0, self._base_delay * 2 ** (attempt - 1)))
+                self._sleep(self._retry.delay(attempt, random.random))
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -37,6 +37,7 @@ jittered backoff, and two layers of retries multiply.
 from __future__ import annotations
 
 import math
+import random
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -504,7 +505,7 @@ class DynamoDbStore(ConnectionStore):
             for round_ in range(_BATCH_ROUNDS):
                 if round_:
                     # Unprocessed items mean throttling: back off before resending them.
-                    self._sleep(self._base_delay * 2 ** (round_ - 1))
+                    self._sleep(self._retry.delay(round_, random.random))
                 with self._translated(operation):
                     response = self._client.batch_write_item(RequestItems={self._table: pending})
                 pending = response.get("UnprocessedItems", {}).get(self._table, [])
