@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.auth import ConnectGate, build_gate
 from chalicelib.delivery import Deliverer, RetryPolicy
@@ -32,32 +32,33 @@ _services: dict[Settings, Messaging] = {}
 _gates: dict[Settings, ConnectGate] = {}
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _once(cache: dict[K, V], key: K, create: Callable[[K], V], lock: threading.Lock) -> V:
+    """``cache[key]``, created by ``create(key)`` exactly once even when threads race."""
+    value = cache.get(key)
+    if value is None:
+        with lock:
+            value = cache.get(key)
+            if value is None:
+                value = create(key)
+                cache[key] = value
+    return value
+
+
 def messaging(environ: Mapping[str, str] | None = None) -> Messaging:
     """The service for the current environment (built on first use, then reused)."""
     settings = Settings.from_env(os.environ if environ is None else environ)
-    service = _services.get(settings)
-    if service is not None:
-        return service
-    with _lock:
-        service = _services.get(settings)
-        if service is None:
-            service = build(settings)
-            _services[settings] = service
-        return service
+    return _once(_services, settings, build, _lock)
 
 
 def connect_gate(environ: Mapping[str, str] | None = None) -> ConnectGate:
     """The ``$connect`` gate for the current environment, cached per container so JWKS keys
     survive across invocations (raises ConfigError, e.g. in Lambda without authentication)."""
     settings = Settings.from_env(os.environ if environ is None else environ)
-    gate = _gates.get(settings)
-    if gate is None:
-        with _lock:
-            gate = _gates.get(settings)
-            if gate is None:
-                gate = build_gate(settings)
-                _gates[settings] = gate
-    return gate
+    return _once(_gates, settings, build_gate, _lock)
 
 
 def build(settings: Settings) -> Messaging:
@@ -103,17 +104,13 @@ class _DelivererCache:
         self._deliverers: dict[str, Deliverer] = {}
 
     def get(self, endpoint: str) -> Deliverer:
-        deliverer = self._deliverers.get(endpoint)
-        if deliverer is None:
-            with self._lock:
-                deliverer = self._deliverers.get(endpoint)
-                if deliverer is None:
-                    deliverer = Deliverer(
-                        management_client(endpoint, self._settings),
-                        retry=RetryPolicy(max_attempts=self._settings.delivery_max_attempts),
-                    )
-                    self._deliverers[endpoint] = deliverer
-        return deliverer
+        return _once(self._deliverers, endpoint, self._create, self._lock)
+
+    def _create(self, endpoint: str) -> Deliverer:
+        return Deliverer(
+            management_client(endpoint, self._settings),
+            retry=RetryPolicy(max_attempts=self._settings.delivery_max_attempts),
+        )
 
 
 def management_client(endpoint: str, settings: Settings) -> ApiGatewayManagementApiClient:
