@@ -71,7 +71,7 @@ def _well_formed_only(handler: Any) -> Any:
         ctx = event.get("requestContext") if isinstance(event, dict) else None
         try:
             if not isinstance(ctx, dict) or not all(
-                isinstance(ctx.get(key), str) for key in _WS_CONTEXT_KEYS
+                isinstance(ctx.get(key), str) and ctx[key] for key in _WS_CONTEXT_KEYS
             ):
                 raise BadEventError(f"requestContext lacks one of {', '.join(_WS_CONTEXT_KEYS)}")
             return handler(event, context)

@@ -440,3 +440,17 @@ def test_server_push_rejects_bad_requests(harness: AppHarness, path: str, body: 
     )
     assert response.status_code == 400
     assert harness.api.calls == []
+
+
+@pytest.mark.parametrize("key", ["apiId", "stage", "domainName", "connectionId"])
+@pytest.mark.parametrize("function", ["connect", "message", "disconnect"])
+def test_event_with_an_empty_context_key_is_refused_and_registers_nothing(
+    harness: AppHarness, key: str, function: str
+) -> None:
+    from tests.support.events import connect_event
+
+    event = connect_event("EMPTY_fALIAMCKug=")
+    event["requestContext"][key] = ""
+    assert harness.invoke(function, event) == {"statusCode": 400}
+    assert harness.store.get("EMPTY_fALIAMCKug=") is None
+    assert harness.api.calls == []
