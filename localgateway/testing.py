@@ -55,6 +55,20 @@ class Gateway:
     gateway_url: str
     log_path: str
 
+    def management_client(self) -> Any:
+        """A boto3 management-API client for this gateway (no retries, offline credentials)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "apigatewaymanagementapi",
+            endpoint_url=self.management_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(retries={"total_max_attempts": 1}, read_timeout=15),
+        )
+
     def log(self) -> str:
         """Everything the gateway printed so far (stdout and stderr)."""
         with open(self.log_path, encoding="utf-8", errors="replace") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -29,16 +30,22 @@ def test_connect_makes_no_management_call(harness: AppHarness) -> None:
     assert record is not None and not record.welcomed
 
 
-def test_connect_enqueues_a_delayed_follow_up(
-    harness: AppHarness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def welcome_queue(harness: AppHarness) -> Iterator[tuple[Any, str]]:
+    """An SQS client and the URL of a `ws-rooms-welcome` queue, in moto."""
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
-        url = sqs.create_queue(QueueName="ws-rooms-welcome")["QueueUrl"]
-        monkeypatch.setenv("WELCOME_QUEUE_URL", url)
-        monkeypatch.setenv("WELCOME_DELAY_SECONDS", "0")
-        connection_id = harness.connect()
-        messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+        yield sqs, sqs.create_queue(QueueName="ws-rooms-welcome")["QueueUrl"]
+
+
+def test_connect_enqueues_a_delayed_follow_up(
+    harness: AppHarness, monkeypatch: pytest.MonkeyPatch, welcome_queue: tuple[Any, str]
+) -> None:
+    sqs, url = welcome_queue
+    monkeypatch.setenv("WELCOME_QUEUE_URL", url)
+    monkeypatch.setenv("WELCOME_DELAY_SECONDS", "0")
+    connection_id = harness.connect()
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
     assert harness.api.calls == []
     assert [json.loads(m["Body"]) for m in messages] == [
         {"connectionId": connection_id, "endpoint": harness.api.endpoint}
@@ -46,19 +53,17 @@ def test_connect_enqueues_a_delayed_follow_up(
 
 
 def test_follow_up_enqueue_uses_the_configured_delay(
-    harness: AppHarness, monkeypatch: pytest.MonkeyPatch
+    harness: AppHarness, monkeypatch: pytest.MonkeyPatch, welcome_queue: tuple[Any, str]
 ) -> None:
-    with mock_aws():
-        sqs = boto3.client("sqs", region_name="us-east-1")
-        url = sqs.create_queue(QueueName="ws-rooms-welcome")["QueueUrl"]
-        # A bare queue name is resolved to its URL once.
-        monkeypatch.setenv("WELCOME_QUEUE_URL", "ws-rooms-welcome")
-        monkeypatch.setenv("WELCOME_DELAY_SECONDS", "30")
-        harness.connect()
-        visible = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
-        attributes = sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
-        )["Attributes"]
+    sqs, url = welcome_queue
+    # A bare queue name is resolved to its URL once.
+    monkeypatch.setenv("WELCOME_QUEUE_URL", "ws-rooms-welcome")
+    monkeypatch.setenv("WELCOME_DELAY_SECONDS", "30")
+    harness.connect()
+    visible = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )["Attributes"]
     assert "Messages" not in visible
     assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
 

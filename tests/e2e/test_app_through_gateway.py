@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import websockets
 
@@ -103,10 +102,7 @@ def test_gone_connection_raises_gone_exception_in_boto3(gateway: Gateway) -> Non
             return str((await _recv(ws))["data"]["connectionId"])
 
     connection_id = asyncio.run(connection_id_then_close())
-    client = boto3.client(
-        "apigatewaymanagementapi", endpoint_url=gateway.management_endpoint,
-        region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
-    )
+    client = gateway.management_client()
     wait_until(lambda: "closed" in gateway.log(), TIMEOUT, "the close")
     with pytest.raises(client.exceptions.GoneException):
         client.post_to_connection(ConnectionId=connection_id, Data=b"{}")

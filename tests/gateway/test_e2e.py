@@ -14,9 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -33,14 +31,7 @@ StartWith = Callable[..., AbstractContextManager[Gateway]]
 
 
 def mgmt(gateway: Gateway) -> Any:
-    return boto3.client(
-        "apigatewaymanagementapi",
-        endpoint_url=gateway.management_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"total_max_attempts": 1}, read_timeout=15),
-    )
+    return gateway.management_client()
 
 
 def run(coro: Any) -> Any:

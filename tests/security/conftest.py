@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import ROOT, AppHarness
 from tests.support.events import connect_event, new_connection_id
+from tests.support.http import start_server, stop_server
 from tests.support.management_api import FakeManagementApi
 
 SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"  # >= 32 bytes
@@ -118,14 +118,11 @@ class JwksServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = start_server(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stop_server(self._server)
 
 
 @pytest.fixture(scope="session")

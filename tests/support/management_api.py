@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
+from tests.support.http import start_server, stop_server
+
 _ERRORS = {
     403: "ForbiddenException",
     410: "GoneException",
@@ -113,15 +115,11 @@ class FakeManagementApi:
             def do_DELETE(self) -> None:
                 self._handle("DELETE")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = start_server(Handler)
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        stop_server(self._server)
 
     # ---------------------------------------------------------------- semantics
 
