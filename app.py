@@ -33,8 +33,9 @@ app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.log.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 logging.getLogger("chalicelib").setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 
-#: The follow-up queue's name; deployment resources and the local gateway use the same one.
+#: The queues' names; deployment resources and the local gateway use the same ones.
 WELCOME_QUEUE_NAME = os.environ.get("WELCOME_QUEUE_NAME", "ws-rooms-welcome")
+FANOUT_QUEUE_NAME = os.environ.get("FANOUT_QUEUE_NAME", "ws-rooms-fanout")
 
 
 def _messaging() -> Messaging:
@@ -126,24 +127,44 @@ def disconnect(event: WebsocketEvent) -> None:
     _messaging().on_disconnect(connection_context(event.to_dict()))
 
 
+def _each_record(event: SQSEvent, handle: Any) -> dict[str, list[dict[str, str]]]:
+    """Run ``handle(body)`` on every record; report the ones to redeliver (partial batch failure).
+
+    A malformed body never gets better: it is logged and dropped rather than redelivered forever.
+    A :class:`~chalicelib.errors.WsAppError` (could not verify, store or queue failure) leaves the
+    record for SQS to redeliver, and after its retries to move to the dead-letter queue; the other
+    records of the batch are not redelivered.  Needs ``ReportBatchItemFailures`` on the event
+    source mapping (deploy/package.py sets it).
+    """
+    from chalicelib.errors import BadEventError, WsAppError
+
+    failures = []
+    for record in event:
+        message_id = str(record.to_dict().get("messageId", ""))
+        try:
+            handle(record.body)
+        except BadEventError:
+            app.log.exception("dropping malformed message %s", message_id)
+        except WsAppError as exc:
+            app.log.warning("message %s will be redelivered: %s", message_id, exc)
+            failures.append({"itemIdentifier": message_id})
+    return {"batchItemFailures": failures}
+
+
 @app.on_sqs_message(queue=WELCOME_QUEUE_NAME, batch_size=10)
-def welcome_follow_up(event: SQSEvent) -> None:
-    from chalicelib.errors import BadEventError
+def welcome_follow_up(event: SQSEvent) -> dict[str, list[dict[str, str]]]:
     from chalicelib.welcome import FollowUp
 
     service = _messaging()
-    undecided = []
-    for record in event:
-        try:
-            service.on_welcome_follow_up(FollowUp.from_json(record.body))
-        except BadEventError:
-            # A malformed body never gets better: drop it rather than redeliver it forever.
-            app.log.exception("dropping malformed welcome follow-up")
-        except RuntimeError as exc:
-            undecided.append(str(exc))
-    if undecided:
-        # Raising makes SQS redeliver the batch; the welcome claim keeps redelivery harmless.
-        raise RuntimeError("; ".join(undecided))
+    return _each_record(event, lambda body: service.on_welcome_follow_up(FollowUp.from_json(body)))
+
+
+@app.on_sqs_message(queue=FANOUT_QUEUE_NAME, batch_size=4)
+def fan_out_worker(event: SQSEvent) -> dict[str, list[dict[str, str]]]:
+    from chalicelib.fanout import FanOutBatch
+
+    service = _messaging()
+    return _each_record(event, lambda body: service.on_fan_out_batch(FanOutBatch.from_json(body)))
 
 
 @app.schedule(Rate(5, unit=Rate.MINUTES))
@@ -152,12 +173,13 @@ def sweep(event: Any) -> dict[str, int]:
 
     settings = Settings.from_env(os.environ)
     report = _messaging().sweep(settings.sweep_idle_seconds, settings.sweep_batch)
-    return {"checked": report.checked, "pruned": report.pruned, "unknown": report.unknown}
+    return {"checked": report.checked, "pruned": report.pruned, "unknown": report.unknown,
+            "expired": report.expired}
 
 
 @app.route("/rooms/{room}/messages", methods=["POST"], authorizer=IAMAuthorizer())
 def push_to_room(room: str) -> dict[str, int]:
-    from chalicelib.service import PushError
+    from chalicelib.errors import PushError
 
     body = app.current_request.json_body if app.current_request else None
     if not isinstance(body, dict) or "data" not in body:
@@ -166,4 +188,4 @@ def push_to_room(room: str) -> dict[str, int]:
         counts = _messaging().push(room, body["data"])
     except PushError as exc:
         raise BadRequestError(str(exc)) from None
-    return {"delivered": counts.delivered, "gone": counts.gone, "failed": counts.failed}
+    return counts.as_dict()

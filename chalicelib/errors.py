@@ -17,3 +17,12 @@ class StoreError(WsAppError):
 
 class BadEventError(WsAppError):
     """A Lambda event lacks a key API Gateway always sends (for example ``requestContext``)."""
+
+
+class VerificationError(WsAppError):
+    """API Gateway could not say whether a connection is open (GetConnection failed past its
+    retries): nothing was decided, so the SQS message behind the request is redelivered."""
+
+
+class PushError(WsAppError):
+    """A server push was refused before any delivery (bad room or data); ``str`` says why."""

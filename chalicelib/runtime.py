@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from chalicelib.auth import ConnectGate, build_gate
 from chalicelib.delivery import Deliverer, RetryPolicy
+from chalicelib.fanout import FanOutQueue
 from chalicelib.limits import Limits
 from chalicelib.service import Messaging
 from chalicelib.settings import Settings
@@ -70,10 +71,17 @@ def build(settings: Settings) -> Messaging:
         if settings.fanout_concurrency > 1
         else None
     )
+    # One SQS client for both queues (creating a boto3 client costs tens of ms of cold start).
+    sqs = _sqs_client(settings) if settings.welcome_queue_url or settings.fanout_queue_url else None
     welcome_queue = None
-    if settings.welcome_queue_url:
+    if sqs is not None and settings.welcome_queue_url:
         welcome_queue = WelcomeQueue(
-            _sqs_client(settings), settings.welcome_queue_url, settings.welcome_delay_seconds
+            sqs, settings.welcome_queue_url, settings.welcome_delay_seconds
+        )
+    fanout_queue = None
+    if sqs is not None and settings.fanout_queue_url:
+        fanout_queue = FanOutQueue(
+            sqs, settings.fanout_queue_url, max_recipients=settings.fanout_batch_size
         )
     return Messaging(
         store,
@@ -88,6 +96,8 @@ def build(settings: Settings) -> Messaging:
             max_data_bytes=settings.max_data_bytes,
         ),
         auth_required=settings.auth_enabled,
+        fanout_queue=fanout_queue,
+        inline_max=settings.fanout_inline_max,
     )
 
 

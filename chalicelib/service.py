@@ -4,13 +4,16 @@
 the fan-out executor, the welcome queue and the clock are injected, so the Chalice handlers in
 app.py are a few lines and tests can run this against real parts.
 
-Who receives a room message is decided here (:meth:`Messaging._room_recipients`); delivering it
-is :func:`chalicelib.delivery.fan_out`; pruning follows from the fan-out report.  Keeping the
-three apart lets a large room be split into batches handled elsewhere later.
+Who receives a room message is decided here (:meth:`Messaging._deliver_to_room`): small rooms
+are delivered inline with :func:`chalicelib.delivery.fan_out`, rooms with more than
+``FANOUT_INLINE_MAX`` recipients are paged and handed to the fan-out queue
+(:mod:`chalicelib.fanout`), whose workers call :meth:`Messaging.on_fan_out_batch`.  Pruning
+follows from each fan-out report.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -19,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.delivery import Deliverer, FanOutReport, Liveness, Outcome, fan_out
+from chalicelib.errors import PushError, VerificationError
 from chalicelib.events import ConnectionContext
+from chalicelib.fanout import MAX_ATTEMPTS, RETRY_DELAY_SECONDS, FanOutBatch, FanOutQueue
 from chalicelib.limits import UNLIMITED, Limits, data_size
 from chalicelib.protocol import (
     MAX_MESSAGE_BYTES,
@@ -37,13 +42,17 @@ from chalicelib.protocol import (
     error_frame,
     parse_frame,
 )
-from chalicelib.store import Claim, ConnectionStore
+from chalicelib.store import Admission, Claim, ConnectionRecord, ConnectionStore
 from chalicelib.welcome import FollowUp, WelcomeQueue
 
 logger = logging.getLogger(__name__)
 
 #: ``from`` of messages pushed through the REST route.
 SERVER_SENDER = "server"
+#: Rooms with more recipients than this go through the fan-out queue (``FANOUT_INLINE_MAX``).
+DEFAULT_INLINE_MAX = 500
+
+__all__ = ["SERVER_SENDER", "Messaging", "PushError", "RoomDelivery", "SweepReport"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class RoomDelivery:
     delivered: int
     gone: int
     failed: int
+    #: Recipients handed to the fan-out workers (their outcome is not known to the sender).
+    queued: int = 0
 
     @classmethod
     def from_report(cls, report: FanOutReport) -> RoomDelivery:
@@ -62,16 +73,21 @@ class RoomDelivery:
             failed=len(report.failed) + len(report.forbidden) + len(report.too_large),
         )
 
+    def as_dict(self) -> dict[str, int]:
+        return {"delivered": self.delivered, "gone": self.gone, "failed": self.failed,
+                "queued": self.queued}
+
 
 @dataclass(frozen=True)
 class SweepReport:
+    #: Connections asked about (GetConnection).
     checked: int
+    #: Removed because API Gateway answered 410.
     pruned: int
+    #: Left in place: API Gateway could not say (403, throttled), or no endpoint is known.
     unknown: int
-
-
-class PushError(Exception):
-    """A server push was refused before any delivery (bad room or data); ``str`` says why."""
+    #: Removed without asking: past API Gateway's two-hour limit, so certainly closed.
+    expired: int = 0
 
 
 class Messaging:
@@ -88,8 +104,14 @@ class Messaging:
         clock: Callable[[], float] = time.time,
         limits: Limits = UNLIMITED,
         auth_required: bool = False,
+        fanout_queue: FanOutQueue | None = None,
+        inline_max: int = DEFAULT_INLINE_MAX,
     ) -> None:
+        if inline_max < 1:
+            raise ValueError("inline_max must be at least 1")
         self.store = store
+        self._fanout_queue = fanout_queue
+        self._inline_max = inline_max
         self._deliverer_for = deliverer_for
         self._executor = executor
         self._welcome_queue = welcome_queue
@@ -147,9 +169,10 @@ class Messaging:
         except ProtocolError as exc:
             reply = error_frame(exc.code, exc.message, exc.request_id)
         try:
-            if not self._send_owed_welcome(ctx, endpoint, deliverer):
+            admission = self._admit(ctx, endpoint, deliverer)
+            if admission is None:
                 return
-            if not self._within_rate_limit(connection_id):
+            if not admission.admitted:
                 reply = error_frame(
                     ErrorCode.RATE_LIMITED,
                     f"more than {self._limits.rate_limit} messages in"
@@ -157,7 +180,7 @@ class Messaging:
                     request_id,
                 )
             elif request is not None:
-                reply = self._dispatch(connection_id, request, endpoint)
+                reply = self._dispatch(connection_id, admission.record, request, endpoint)
         except ProtocolError as exc:
             reply = error_frame(exc.code, exc.message, exc.request_id)
         except Exception:
@@ -174,8 +197,9 @@ class Messaging:
         """Deliver the welcome if the connection is open and nobody sent it yet.
 
         Returns the outcome of the post, or None when nothing was posted.  Raises
-        :class:`RuntimeError` when API Gateway could not say whether the connection is open, so
-        SQS redelivers the message later (and after its retries, moves it to the DLQ).
+        :class:`~chalicelib.errors.VerificationError` when API Gateway could not say whether the
+        connection is open, so SQS redelivers the message later (and after its retries, moves it
+        to the DLQ).
         """
         deliverer = self._deliverer_for(follow_up.endpoint)
         liveness = deliverer.verify(follow_up.connection_id)
@@ -183,39 +207,80 @@ class Messaging:
             self._prune([follow_up.connection_id])
             return None
         if liveness is Liveness.UNKNOWN:
-            raise RuntimeError(f"could not verify connection {follow_up.connection_id}")
-        if self.store.claim_welcome(follow_up.connection_id, touch=False) is not Claim.CLAIMED:
+            raise VerificationError(f"could not verify connection {follow_up.connection_id}")
+        if self.store.claim_welcome(follow_up.connection_id) is not Claim.CLAIMED:
             return None
         outcome = deliverer.post(follow_up.connection_id, self._welcome(follow_up.connection_id))
         if outcome is Outcome.GONE:
             self._prune([follow_up.connection_id])
         return outcome
 
-    def sweep(self, idle_for: float, limit: int) -> SweepReport:
-        """Verify connections idle for ``idle_for`` seconds; prune those API Gateway calls gone.
+    def on_fan_out_batch(self, batch: FanOutBatch) -> RoomDelivery:
+        """Deliver one fan-out batch (the worker's job); prune the members API Gateway calls gone.
 
-        ``$disconnect`` is best-effort on AWS, so records of closed connections do linger.
+        Recipients whose post failed past the Deliverer's retries are put back on the queue alone
+        (``attempt + 1``, delayed), so a retry never reaches a member twice; after
+        :data:`~chalicelib.fanout.MAX_ATTEMPTS` they are given up on and logged.  Raises
+        :class:`~chalicelib.fanout.FanOutQueueError` when that re-enqueue fails: the caller
+        reports the batch as failed and SQS redelivers all of it (at-least-once).
         """
-        checked = pruned = unknown = 0
-        for record in self.store.idle_connections(idle_for, limit):
-            endpoint = self._default_endpoint or record.endpoint
-            if not endpoint:
-                unknown += 1
+        report = fan_out(
+            self._deliverer_for(batch.endpoint), batch.recipients, batch.payload, self._executor
+        )
+        self._prune(report.gone)
+        counts = RoomDelivery.from_report(report)
+        if report.forbidden:
+            logger.error("fan-out to %s: %d recipients refused with 403 (not retried)",
+                         batch.room, len(report.forbidden))
+        if report.failed:
+            if batch.attempt + 1 < MAX_ATTEMPTS and self._fanout_queue is not None:
+                requeued = self._fanout_queue.enqueue(
+                    batch.room, batch.endpoint, batch.payload, report.failed,
+                    attempt=batch.attempt + 1,
+                    delay_seconds=RETRY_DELAY_SECONDS * (batch.attempt + 1),
+                )
+                return RoomDelivery(counts.delivered, counts.gone,
+                                    counts.failed - requeued, requeued)
+            logger.error("fan-out to %s: giving up on %d recipients after %d attempts",
+                         batch.room, len(report.failed), batch.attempt + 1)
+        return counts
+
+    def sweep(self, idle_for: float, limit: int) -> SweepReport:
+        """Check up to ``limit`` connections not seen for ``idle_for`` seconds, oldest first.
+
+        ``$disconnect`` is best-effort on AWS, so records of closed connections do linger.  Each
+        candidate past API Gateway's two-hour limit is removed without a call; the others are
+        asked about with GetConnection: 410 removes them, any other answer moves them to the
+        back of the order (:meth:`ConnectionStore.mark_checked`), so every record is reached
+        within ``ceil(records / limit)`` runs.
+        """
+        checked = pruned = unknown = expired = 0
+        for idle in self.store.idle_connections(idle_for, limit):
+            if self.store.is_past_limit(idle):
+                self.store.remove(idle.connection_id)
+                expired += 1
                 continue
-            checked += 1
-            liveness = self._deliverer_for(endpoint).verify(record.connection_id)
+            endpoint = self._default_endpoint or idle.endpoint
+            liveness = Liveness.UNKNOWN
+            if endpoint:
+                checked += 1
+                liveness = self._deliverer_for(endpoint).verify(idle.connection_id)
             if liveness is Liveness.GONE:
-                self.store.remove(record.connection_id)
+                self.store.remove(idle.connection_id)
                 pruned += 1
-            elif liveness is Liveness.UNKNOWN:
+                continue
+            if liveness is Liveness.UNKNOWN:
                 unknown += 1
-        logger.info("sweep: checked %d, pruned %d, undecided %d", checked, pruned, unknown)
-        return SweepReport(checked=checked, pruned=pruned, unknown=unknown)
+            self.store.mark_checked(idle.connection_id)
+        logger.info("sweep: checked %d, pruned %d, expired %d, undecided %d",
+                    checked, pruned, expired, unknown)
+        return SweepReport(checked=checked, pruned=pruned, unknown=unknown, expired=expired)
 
     def push(self, room: str, data: Any) -> RoomDelivery:
         """Deliver ``data`` to every member of ``room`` as a message from the server.
 
-        Raises :class:`PushError` for an invalid room name or a message over 128 KB.
+        Raises :class:`~chalicelib.errors.PushError` for an invalid room name or a message over
+        128 KB.
         """
         if not ROOM_PATTERN.fullmatch(room):
             raise PushError("room must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
@@ -223,21 +288,23 @@ class Messaging:
             payload = self._message_frame(room, SERVER_SENDER, data)
         except ProtocolError as exc:
             raise PushError(exc.message) from exc
-        recipients = self.store.members(room)
-        endpoint = self._endpoint_for_room(recipients)
-        if endpoint is None:
-            return RoomDelivery(delivered=0, gone=0, failed=len(recipients))
-        return self._deliver(endpoint, recipients, payload)
+        return self._deliver_to_room(room, payload, None, sender=None)
 
     # ------------------------------------------------------------------ requests
 
-    def _dispatch(self, connection_id: str, request: Request, endpoint: str) -> bytes:
+    def _dispatch(
+        self,
+        connection_id: str,
+        record: ConnectionRecord | None,
+        request: Request,
+        endpoint: str,
+    ) -> bytes:
+        user = None if record is None else record.user
         if isinstance(request, Ping):
             return encode_frame("pong", {}, request.id)
         if isinstance(request, WhoAmI):
             rooms = self.store.rooms_of(connection_id)
             identity: dict[str, Any] = {"connectionId": connection_id, "rooms": rooms}
-            user = self._user_of(connection_id)
             if user is not None:
                 identity["user"] = user
             return encode_frame("identity", identity, request.id)
@@ -251,14 +318,14 @@ class Messaging:
                     " leave one first",
                     request.id,
                 )
-            members = self.store.join(connection_id, request.room)
+            members = self.store.join(connection_id, request.room, user=user)
             return encode_frame("joined", {"room": request.room, "members": members}, request.id)
         if isinstance(request, Leave):
             self.store.leave(connection_id, request.room)
             return encode_frame("left", {"room": request.room}, request.id)
-        return self._send(connection_id, request, endpoint)
+        return self._send(connection_id, user, request, endpoint)
 
-    def _send(self, connection_id: str, request: Send, endpoint: str) -> bytes:
+    def _send(self, connection_id: str, user: str | None, request: Send, endpoint: str) -> bytes:
         size = data_size(request.data)
         if size > self._limits.max_data_bytes:
             raise ProtocolError(
@@ -266,15 +333,8 @@ class Messaging:
                 f"'data' is {size} bytes; the limit is {self._limits.max_data_bytes}",
                 request.id,
             )
-        if not self.store.is_member(connection_id, request.room):
-            raise ProtocolError(
-                ErrorCode.NOT_MEMBER,
-                f"join room {request.room!r} before sending to it",
-                request.id,
-            )
         sender = connection_id
         if self._auth_required:
-            user = self._user_of(connection_id)
             if user is None:
                 raise ProtocolError(
                     ErrorCode.UNAUTHENTICATED,
@@ -283,37 +343,58 @@ class Messaging:
                 )
             sender = user
         payload = self._message_frame(request.room, sender, request.data, request.id)
-        recipients = self._room_recipients(request.room, exclude=connection_id)
-        counts = self._deliver(endpoint, recipients, payload)
-        return encode_frame(
-            "sent",
-            {
-                "room": request.room,
-                "delivered": counts.delivered,
-                "gone": counts.gone,
-                "failed": counts.failed,
-            },
-            request.id,
-        )
+        counts = self._deliver_to_room(request.room, payload, endpoint, sender=connection_id,
+                                       request_id=request.id)
+        return encode_frame("sent", {"room": request.room, **counts.as_dict()}, request.id)
 
     # ------------------------------------------------------------------ building blocks
 
-    def _within_rate_limit(self, connection_id: str) -> bool:
-        if self._limits.rate_limit == 0:
-            return True
-        return self.store.admit_message(
-            connection_id,
-            limit=self._limits.rate_limit,
-            window_seconds=self._limits.rate_window_seconds,
-        )
+    def _deliver_to_room(
+        self,
+        room: str,
+        payload: bytes,
+        endpoint: str | None,
+        *,
+        sender: str | None,
+        request_id: str | None = None,
+    ) -> RoomDelivery:
+        """Deliver ``payload`` to the room's members other than ``sender``.
 
-    def _user_of(self, connection_id: str) -> str | None:
-        """The authenticated user id stored at ``$connect`` (one strongly consistent read)."""
-        record = self.store.get(connection_id)
-        return None if record is None else record.user
+        With a ``sender``, it must be a member (else ``not_member``): the first page of members
+        answers that for a small room without another read.  A room that fits in one page of
+        ``inline_max`` recipients is delivered here; a larger one is paged and handed to the
+        fan-out queue when there is one (else delivered here, page by page).
+        """
+        pages = self.store.member_pages(room, page_size=self._inline_max + 1)
+        first = next(pages, [])
+        second = next(pages, None)
+        if sender is not None and sender not in first and (
+            second is None or not self.store.is_member(sender, room)
+        ):
+            raise ProtocolError(
+                ErrorCode.NOT_MEMBER, f"join room {room!r} before sending to it", request_id
+            )
+        endpoint = endpoint or self._endpoint_for_room(first)
+        if endpoint is None:
+            return RoomDelivery(delivered=0, gone=0, failed=len(first))
 
-    def _room_recipients(self, room: str, *, exclude: str) -> list[str]:
-        return [member for member in self.store.members(room) if member != exclude]
+        def recipients(page: list[str]) -> list[str]:
+            return [member for member in page if member != sender]
+
+        if second is None:
+            return self._deliver(endpoint, recipients(first), payload)
+        all_pages = itertools.chain([first, second], pages)
+        if self._fanout_queue is None:
+            totals = [self._deliver(endpoint, recipients(page), payload) for page in all_pages]
+            return RoomDelivery(
+                delivered=sum(t.delivered for t in totals),
+                gone=sum(t.gone for t in totals),
+                failed=sum(t.failed for t in totals),
+            )
+        queued = 0
+        for page in all_pages:
+            queued += self._fanout_queue.enqueue(room, endpoint, payload, recipients(page))
+        return RoomDelivery(delivered=0, gone=0, failed=0, queued=queued)
 
     def _message_frame(
         self, room: str, sender: str, data: Any, request_id: str | None = None
@@ -346,12 +427,13 @@ class Messaging:
             except Exception:
                 logger.exception("could not prune gone connection %s", connection_id)
 
-    def _send_owed_welcome(
+    def _admit(
         self, ctx: ConnectionContext, endpoint: str, deliverer: Deliverer
-    ) -> bool:
-        """Claim and send the welcome if this is the first word; False if the client is gone."""
-        claim = self.store.claim_welcome(ctx.connection_id, touch=True)
-        if claim is Claim.UNKNOWN:
+    ) -> Admission | None:
+        """Account for the frame (welcome, rate, activity) and send the welcome if this is the
+        first word; None if the client turned out to be gone."""
+        admission = self._admission(ctx.connection_id)
+        if admission.claim is Claim.UNKNOWN:
             # API Gateway just delivered a frame from it, so it is connected: the record was
             # lost (expired, swept during an outage, store reset). Heal instead of refusing.
             self.store.register(
@@ -360,13 +442,20 @@ class Messaging:
                 source_ip=ctx.source_ip,
                 endpoint=endpoint,
             )
-            claim = self.store.claim_welcome(ctx.connection_id, touch=True)
-        if claim is not Claim.CLAIMED:
-            return True
-        if deliverer.post(ctx.connection_id, self._welcome(ctx.connection_id)) is Outcome.GONE:
+            admission = self._admission(ctx.connection_id)
+        if admission.claim is Claim.CLAIMED and deliverer.post(
+            ctx.connection_id, self._welcome(ctx.connection_id)
+        ) is Outcome.GONE:
             self._prune([ctx.connection_id])
-            return False
-        return True
+            return None
+        return admission
+
+    def _admission(self, connection_id: str) -> Admission:
+        return self.store.admit(
+            connection_id,
+            rate_limit=self._limits.rate_limit,
+            window_seconds=self._limits.rate_window_seconds,
+        )
 
     @staticmethod
     def _welcome(connection_id: str) -> bytes:
@@ -374,12 +463,12 @@ class Messaging:
             "welcome", {"connectionId": connection_id, "protocol": PROTOCOL_VERSION}
         )
 
-    def _endpoint_for_room(self, recipients: list[str]) -> str | None:
+    def _endpoint_for_room(self, members: list[str]) -> str | None:
         if self._default_endpoint:
             return self._default_endpoint
         # Without WS_MANAGEMENT_ENDPOINT, a REST push has no WebSocket event to derive it from;
         # every member of one deployment shares the endpoint its record remembers.
-        for connection_id in recipients:
+        for connection_id in members:
             record = self.store.get(connection_id)
             if record is not None and record.endpoint:
                 return record.endpoint

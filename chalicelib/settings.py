@@ -42,6 +42,10 @@ class Settings:
     rate_window_seconds: int = 10
     max_rooms_per_connection: int = 20
     max_data_bytes: int = 32768
+    # ---- large rooms (chalicelib/fanout.py)
+    fanout_queue_url: str | None = None
+    fanout_inline_max: int = 500
+    fanout_batch_size: int = 250
 
     @property
     def auth_enabled(self) -> bool:
@@ -82,6 +86,9 @@ class Settings:
             rate_window_seconds=_int(environ, "WS_RATE_WINDOW_SECONDS", 10, 1, 3600),
             max_rooms_per_connection=_int(environ, "WS_MAX_ROOMS_PER_CONNECTION", 20, 1, 1000),
             max_data_bytes=_int(environ, "WS_MAX_DATA_BYTES", 32768, 1, 131072),
+            fanout_queue_url=environ.get("FANOUT_QUEUE_URL") or None,
+            fanout_inline_max=_int(environ, "FANOUT_INLINE_MAX", 500, 1, 100000),
+            fanout_batch_size=_int(environ, "FANOUT_BATCH_SIZE", 250, 1, 5000),
         )
 
 

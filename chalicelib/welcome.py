@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chalicelib.errors import BadEventError
+from chalicelib.queues import QueueAddress
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -57,20 +58,17 @@ class WelcomeQueue:
         if not 0 <= delay_seconds <= MAX_DELAY_SECONDS:
             raise ValueError(f"delay_seconds must be 0..{MAX_DELAY_SECONDS}")
         self.client = client
-        self.queue = queue
+        self.address = QueueAddress(client, queue)
         self.delay_seconds = delay_seconds
-        self._url: str | None = queue if "://" in queue else None
 
     @property
     def queue_url(self) -> str:
-        if self._url is None:
-            self._url = self.client.get_queue_url(QueueName=self.queue)["QueueUrl"]
-        return self._url
+        return self.address.url
 
     def enqueue(self, follow_up: FollowUp) -> None:
         """Send one delayed message; raises botocore errors (the caller decides)."""
         self.client.send_message(
-            QueueUrl=self.queue_url,
+            QueueUrl=self.address.url,
             MessageBody=follow_up.to_json(),
             DelaySeconds=self.delay_seconds,
         )

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 
 from chalicelib.errors import ConfigError
 from chalicelib.store.base import (
+    Admission,
     Claim,
     Clock,
     ConnectionRecord,
     ConnectionStore,
+    IdleConnection,
     TransientStoreError,
 )
 
@@ -21,9 +23,11 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 __all__ = [
+    "Admission",
     "Claim",
     "ConnectionRecord",
     "ConnectionStore",
+    "IdleConnection",
     "TransientStoreError",
     "open_store",
 ]

@@ -4,19 +4,33 @@ API Gateway runs ``$connect``, each message and the welcome follow-up in differe
 containers, so nothing about a connection may live in process memory.  Everything goes through a
 :class:`ConnectionStore`:
 
-* connection records (who is connected, since when, last activity, whether the welcome went out);
-* room memberships (both directions: members of a room, rooms of a connection).
+* connection records (who is connected, since when, when last seen alive, whether the welcome went
+  out, the message-rate counter);
+* room memberships (both directions: members of a room, rooms of a connection) and each room's
+  member count.
 
-:class:`ConnectionStore` does the shared work (argument checks, expiry, bounded retries of
-transient backend failures); a backend fills in the ``_``-prefixed primitives and raises
-:class:`TransientStoreError` for failures worth retrying (throttling) and :class:`StoreError`
-for the rest.  Backends translate their own exceptions (botocore, sqlite3) at that boundary:
-nothing above the store sees a backend exception type.
+:class:`ConnectionStore` does the work that is the same everywhere: argument checks, expiry,
+bounded retries of transient backend failures, and every *decision* (is a welcome owed, is the
+message within the rate limit, is the activity time stale).  A backend fills in the ``_``-prefixed
+primitives, each a single read or a single conditional write, and translates its own exceptions
+where it makes the call: :class:`TransientStoreError` for failures worth retrying (throttling),
+:class:`~chalicelib.errors.StoreError` for the rest.  Nothing above the store sees a backend
+exception type.
+
+Costs, the reason for this shape (see docs/capacity.md for the measured figures):
+
+* a steady message (:meth:`ConnectionStore.admit`) is one read and at most one write, the rate
+  counter, the welcome claim and the activity time folded into that write; a rate-limited
+  message is one read and no write;
+* the activity time (``last_seen``, the sweep's index key) moves at most once per
+  :data:`ACTIVITY_RESOLUTION_SECONDS`, so steady traffic rarely writes an index entry;
+* joining reads and writes a per-room counter, never the whole room.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import random
 import time
 from abc import ABC, abstractmethod
@@ -32,8 +46,16 @@ from chalicelib.retry import RetryPolicy
 MAX_CONNECTION_SECONDS = 7200
 EXPIRY_GRACE_SECONDS = 300
 
+#: ``last_seen`` moves at most this often on message traffic: it is the sweep index's sort key,
+#: and every move is an index write.  The sweep's idle threshold is minutes, so a minute is exact
+#: enough.
+ACTIVITY_RESOLUTION_SECONDS = 60
+
 #: How many times the base class tries an operation whose backend reported a transient failure.
 DEFAULT_ATTEMPTS = 4
+#: How many read-decide-write rounds :meth:`ConnectionStore.admit` makes when other writers keep
+#: changing the record between its read and its write (concurrent frames of one connection).
+ADMIT_ROUNDS = 10
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -70,6 +92,8 @@ class ConnectionRecord:
 
     connection_id: str
     connected_at: float
+    #: When the connection was last known to be alive: registration, message activity (moved at
+    #: most once per :data:`ACTIVITY_RESOLUTION_SECONDS`) or a sweep's verification.
     last_seen: float
     welcomed: bool
     source_ip: str = ""
@@ -77,15 +101,92 @@ class ConnectionRecord:
     #: The management-API endpoint that reaches this connection (for pushes and sweeps, which
     #: run without a WebSocket event to derive it from).
     endpoint: str = ""
+    #: The fixed rate-limit window the counter belongs to (epoch seconds; 0: none yet) and the
+    #: messages counted in it.
+    rate_window: int = 0
+    rate_count: int = 0
 
     @property
     def expires_at(self) -> float:
         return expires_at(self.connected_at)
 
 
+@dataclass(frozen=True)
+class IdleConnection:
+    """A sweep candidate: what the sweep needs, and all that the sweep index holds."""
+
+    connection_id: str
+    connected_at: float
+    last_seen: float
+    endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What :meth:`ConnectionStore.admit` decided about one client message."""
+
+    #: CLAIMED: this message must be preceded by the welcome; UNKNOWN: no live record.
+    claim: Claim
+    #: False when the message is over the rate limit (it was not counted).
+    admitted: bool
+    #: The record as the decision saw it (its ``user`` serves the send without another read);
+    #: None when the claim is UNKNOWN.
+    record: ConnectionRecord | None
+
+
+@dataclass(frozen=True)
+class RecordChange:
+    """One conditional write to a connection record, computed by :meth:`ConnectionStore.admit`.
+
+    Backends apply it only if the record still has the ``welcomed``, ``rate_window``,
+    ``rate_count`` and ``connected_at`` values of the record the decision was made on.
+    """
+
+    #: Set the welcome as sent (the claim).
+    claim_welcome: bool = False
+    #: New (window, count) of the rate counter, or None to leave it.
+    rate: tuple[int, int] | None = None
+    #: New ``last_seen`` (moves the sweep index entry), or None to leave it.
+    last_seen: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.claim_welcome and self.rate is None and self.last_seen is None
+
+
 def expires_at(connected_at: float) -> float:
     """When a record of a connection opened at ``connected_at`` stops counting."""
     return connected_at + MAX_CONNECTION_SECONDS + EXPIRY_GRACE_SECONDS
+
+
+def plan_admission(
+    record: ConnectionRecord, now: float, rate_limit: int, window_seconds: int
+) -> tuple[Admission, RecordChange]:
+    """Decide one message against ``record``: the answer, and the write that makes it true.
+
+    Pure (no I/O), so every backend shares one decision.  The write is empty when nothing changes:
+    a welcomed connection with the rate limit off and a fresh activity time costs no write.
+    """
+    claim = Claim.ALREADY_CLAIMED if record.welcomed else Claim.CLAIMED
+    admitted = True
+    rate: tuple[int, int] | None = None
+    if rate_limit > 0:
+        window = int(now // window_seconds) * window_seconds
+        if record.rate_window >= window:
+            # The current window (or a later one, stored by a container whose clock runs ahead).
+            if record.rate_count < rate_limit:
+                rate = (record.rate_window, record.rate_count + 1)
+            else:
+                admitted = False  # nothing is counted: a flood costs reads, not writes
+        else:
+            rate = (window, 1)
+    stale = now - record.last_seen >= ACTIVITY_RESOLUTION_SECONDS
+    change = RecordChange(
+        claim_welcome=claim is Claim.CLAIMED,
+        rate=rate,
+        last_seen=now if stale else None,
+    )
+    return Admission(claim, admitted, record), change
 
 
 class ConnectionStore(ABC):
@@ -124,7 +225,7 @@ class ConnectionStore(ABC):
         """Record a new connection (idempotent: registering again keeps the welcome state).
 
         Call from ``$connect``, or when a message arrives from a connection the store does not
-        know (its record was lost), so that it heals.
+        know (its record was lost), so that it heals.  One write.
         """
         _check_id(connection_id)
         record = ConnectionRecord(
@@ -139,40 +240,88 @@ class ConnectionStore(ABC):
         self._retrying(lambda: self._register(record))
 
     def get(self, connection_id: str) -> ConnectionRecord | None:
-        """The connection's record, or None when unknown or expired."""
+        """The connection's record, or None when unknown or expired.  One read."""
         _check_id(connection_id)
         record = self._retrying(lambda: self._get(connection_id))
         if record is None or record.expires_at <= self._clock():
             return None
         return record
 
-    def claim_welcome(self, connection_id: str, *, touch: bool) -> Claim:
-        """Atomically claim the connection's single welcome.
+    def admit(self, connection_id: str, *, rate_limit: int, window_seconds: int) -> Admission:
+        """Account for one client message: welcome claim, rate limit and activity, atomically.
 
-        Exactly one caller across all processes ever gets :attr:`Claim.CLAIMED` for a connection.
-        With ``touch`` the call also records activity (``last_seen = now``) in the same write, so a
-        message costs one store write whether or not it is the first (DynamoDB: the first message
-        of a connection costs two, see :mod:`chalicelib.store.dynamodb`).  An expired record counts
-        as :attr:`Claim.UNKNOWN`; backends check expiry inside the atomic write.
+        Call once per frame a client sends, before acting on it.  One read, then at most one
+        conditional write that claims the welcome if still owed, counts the message against a
+        fixed-window rate limit (``rate_limit`` messages per ``window_seconds``, windows aligned
+        on the clock; 0 turns it off) and moves ``last_seen`` if it is older than
+        :data:`ACTIVITY_RESOLUTION_SECONDS`.  A message over the limit is not counted and costs
+        no write (unless the welcome is still owed).  Exactly one caller across all processes ever
+        sees :attr:`Claim.CLAIMED` for a connection (this and :meth:`claim_welcome` share the
+        claim).  When another writer changes the record between the read and the write, the
+        round is repeated (at most :data:`ADMIT_ROUNDS` times, then TransientStoreError).
+        """
+        _check_id(connection_id)
+        if rate_limit < 0 or window_seconds < 1:
+            raise ValueError("rate_limit must be >= 0 and window_seconds >= 1")
+        for round_ in range(ADMIT_ROUNDS):
+            if round_:
+                # Lost a race with another frame of the same connection: back off a little.
+                self._sleep(self._retry.delay(round_, random.random))
+            now = self._clock()
+            record = self._retrying(lambda: self._get(connection_id))
+            if record is None or record.expires_at <= now:
+                return Admission(Claim.UNKNOWN, True, None)
+            admission, change = plan_admission(record, now, rate_limit, window_seconds)
+            if change.empty:
+                return admission
+            if self._retrying(
+                functools.partial(self._apply_change, connection_id, record, change)
+            ):
+                return admission
+        raise TransientStoreError(
+            f"admit {connection_id}: the record kept changing ({ADMIT_ROUNDS} rounds)"
+        )
+
+    def claim_welcome(self, connection_id: str) -> Claim:
+        """Atomically claim the connection's single welcome (the follow-up's path).  One write.
+
+        Exactly one caller across all processes ever gets :attr:`Claim.CLAIMED` for a connection,
+        whether it comes through here or through :meth:`admit`.  An expired record counts as
+        :attr:`Claim.UNKNOWN`; backends check expiry inside the atomic write.
         """
         _check_id(connection_id)
         now = self._clock()
-        return self._retrying(lambda: self._claim_welcome(connection_id, now, touch))
+        return self._retrying(lambda: self._claim_welcome(connection_id, now))
+
+    def mark_checked(self, connection_id: str) -> bool:
+        """Record that the sweep checked the connection now: it moves to the back of the sweep.
+
+        Call from the sweep after GetConnection answered, so the next run reaches the records
+        behind this one.  One write; False when the record is gone (nothing is created).
+        """
+        _check_id(connection_id)
+        now = self._clock()
+        return self._retrying(lambda: self._mark_checked(connection_id, now))
 
     def remove(self, connection_id: str) -> list[str]:
         """Delete the connection and all its memberships; return the rooms it was in.
 
-        Idempotent: removing an unknown connection returns ``[]``.
+        Idempotent: removing an unknown connection returns ``[]``.  Each room's member count
+        drops by one for every membership actually removed.
         """
         _check_id(connection_id)
         return self._retrying(lambda: self._remove(connection_id))
 
-    def join(self, connection_id: str, room: str) -> int:
-        """Add the connection to ``room`` (idempotent); return the member count after joining."""
+    def join(self, connection_id: str, room: str, *, user: str | None = None) -> int:
+        """Add the connection to ``room`` (idempotent); return the member count after joining.
+
+        Costs O(1) in the room's size: the count is a counter, moved only when the membership is
+        new.  ``user`` is kept on the membership.
+        """
         _check_id(connection_id)
         _check_room(room)
         now = self._clock()
-        return self._retrying(lambda: self._join(connection_id, room, now))
+        return self._retrying(lambda: self._join(connection_id, room, user, now))
 
     def leave(self, connection_id: str, room: str) -> bool:
         """Remove the connection from ``room``; True if it was a member."""
@@ -181,79 +330,128 @@ class ConnectionStore(ABC):
         return self._retrying(lambda: self._leave(connection_id, room))
 
     def is_member(self, connection_id: str, room: str) -> bool:
+        """Whether the connection is in ``room``.  One read."""
         _check_id(connection_id)
         _check_room(room)
         return self._retrying(lambda: self._is_member(connection_id, room))
+
+    def member_count(self, room: str) -> int:
+        """The room's member count (the counter :meth:`join` maintains).  One read."""
+        _check_room(room)
+        return max(0, self._retrying(lambda: self._member_count(room)))
 
     def rooms_of(self, connection_id: str) -> list[str]:
         """The rooms the connection is in, sorted."""
         _check_id(connection_id)
         return sorted(self._retrying(lambda: self._rooms_of(connection_id)))
 
-    def members(self, room: str) -> list[str]:
-        """Connection ids of the room's members (one paginated query, never a scan)."""
-        _check_room(room)
-        return self._retrying(lambda: list(self._members(room)))
+    def member_pages(self, room: str, page_size: int = 1000) -> Iterator[list[str]]:
+        """The room's member connection ids, in pages of at most ``page_size``, sorted.
 
-    def admit_message(self, connection_id: str, *, limit: int, window_seconds: int) -> bool:
-        """Count one message of the connection against a fixed-window rate limit, atomically.
-
-        Windows are aligned on the clock (``floor(now / window_seconds)``).  Returns True and
-        counts the message while fewer than ``limit`` were counted in the current window; returns
-        False (counting nothing) once ``limit`` is reached, until the next window starts.  Exact
-        across threads, processes and containers sharing the store: the check and the increment
-        are one conditional write.  :meth:`remove` deletes the counter.
+        Each page is one read (a Query page in DynamoDB); a large room is never held in one list
+        unless the caller does so.  Yields nothing for an empty room.
         """
-        _check_id(connection_id)
-        if limit < 1 or window_seconds < 1:
-            raise ValueError("limit and window_seconds must be at least 1")
-        now = self._clock()
-        window = int(now // window_seconds) * window_seconds
-        return self._retrying(lambda: self._admit_message(connection_id, window, limit, now))
+        _check_room(room)
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        after: str | None = None
+        while True:
+            page, after = self._retrying(
+                functools.partial(self._members_page, room, after, page_size)
+            )
+            if page:
+                yield page
+            if after is None:
+                return
 
-    def idle_connections(self, idle_for: float, limit: int = 1000) -> list[ConnectionRecord]:
-        """Connections with no activity for ``idle_for`` seconds (oldest first), for the sweep."""
+    def members(self, room: str) -> list[str]:
+        """Every member connection id of the room, sorted (all pages)."""
+        return [member for page in self.member_pages(room) for member in page]
+
+    def idle_connections(self, idle_for: float, limit: int = 1000) -> list[IdleConnection]:
+        """At most ``limit`` connections not seen alive for ``idle_for`` seconds, oldest first.
+
+        The sweep's work list.  Checked records are moved with :meth:`mark_checked` and removed
+        ones disappear, so successive calls reach every record.
+        """
         if limit < 1:
             raise ValueError("limit must be at least 1")
         cutoff = self._clock() - idle_for
-        return self._retrying(lambda: list(self._idle_connections(cutoff, limit)))
+        found = self._retrying(lambda: self._idle_connections(cutoff, limit))
+        return sorted(found, key=lambda idle: idle.last_seen)[:limit]
+
+    def is_past_limit(self, idle: IdleConnection | ConnectionRecord) -> bool:
+        """True when API Gateway's two-hour limit has closed the connection for certain."""
+        return idle.connected_at + MAX_CONNECTION_SECONDS <= self._clock()
 
     # ------------------------------------------------------------------ primitives
+    # Each is one read or one (conditional) write, unless its docstring says otherwise; none
+    # retries, none checks expiry unless it says so.
 
     @abstractmethod
-    def _register(self, record: ConnectionRecord) -> None: ...
+    def _register(self, record: ConnectionRecord) -> None:
+        """Create or overwrite the record, keeping ``welcomed`` and the rate counter if present.
+        Returns nothing; raises StoreError/TransientStoreError."""
 
     @abstractmethod
-    def _get(self, connection_id: str) -> ConnectionRecord | None: ...
+    def _get(self, connection_id: str) -> ConnectionRecord | None:
+        """The stored record (expired or not), or None.  A strongly consistent read."""
 
     @abstractmethod
-    def _claim_welcome(self, connection_id: str, now: float, touch: bool) -> Claim: ...
+    def _apply_change(
+        self, connection_id: str, expected: ConnectionRecord, change: RecordChange
+    ) -> bool:
+        """Apply ``change`` if the record still exists with ``expected``'s ``connected_at``,
+        ``welcomed``, ``rate_window`` and ``rate_count``; True if applied, False if not."""
 
     @abstractmethod
-    def _remove(self, connection_id: str) -> list[str]: ...
+    def _claim_welcome(self, connection_id: str, now: float) -> Claim:
+        """Set the welcome as sent if the record is live at ``now`` and not yet welcomed:
+        CLAIMED if this call set it, ALREADY_CLAIMED if it was set, UNKNOWN if no live record."""
 
     @abstractmethod
-    def _join(self, connection_id: str, room: str, now: float) -> int: ...
+    def _mark_checked(self, connection_id: str, now: float) -> bool:
+        """Set ``last_seen = now`` on an existing record; True if there was one."""
 
     @abstractmethod
-    def _leave(self, connection_id: str, room: str) -> bool: ...
+    def _remove(self, connection_id: str) -> list[str]:
+        """Delete the record, its rate counter and every membership (both sides), decrementing
+        each room's counter once per membership removed; return the rooms, sorted.  Must stay
+        correct when retried after a partial failure."""
 
     @abstractmethod
-    def _is_member(self, connection_id: str, room: str) -> bool: ...
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
+        """Add both sides of the membership; increment the counter only if it is new; return
+        the counter."""
 
     @abstractmethod
-    def _rooms_of(self, connection_id: str) -> list[str]: ...
+    def _leave(self, connection_id: str, room: str) -> bool:
+        """Delete both sides of the membership; decrement the counter only if one was deleted;
+        True if it existed."""
 
     @abstractmethod
-    def _members(self, room: str) -> Iterator[str]: ...
+    def _is_member(self, connection_id: str, room: str) -> bool:
+        """Whether the room side of the membership exists."""
 
     @abstractmethod
-    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
-        """Atomically: if the stored window is older than ``window``, start it at 1 (True);
-        else if its count is below ``limit``, increment (True); else False."""
+    def _member_count(self, room: str) -> int:
+        """The room's counter (0 when none)."""
 
     @abstractmethod
-    def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]: ...
+    def _rooms_of(self, connection_id: str) -> list[str]:
+        """The rooms of the connection (any order)."""
+
+    @abstractmethod
+    def _members_page(
+        self, room: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        """Up to ``limit`` member ids greater than ``after``, ascending, and the cursor to pass
+        next (None when this page is the last)."""
+
+    @abstractmethod
+    def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:
+        """Records with ``last_seen <= cutoff``: at least the ``limit`` oldest of them, in any
+        order (the base class sorts and trims)."""
 
     # ------------------------------------------------------------------ shared machinery
 

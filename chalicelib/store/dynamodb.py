@@ -6,41 +6,48 @@ Single-table design (all keys are strings):
 pk                     sk              attributes
 =====================  ==============  ==========================================================
 ``conn#<id>``          ``meta``        connectedAt, lastSeen, welcomedAt (absent until claimed),
-                                       sourceIp, user, expiresAt, gsi1pk=``conn``, gsi1sk=lastSeen
+                                       rateWindow, rateCount, sourceIp, user, endpoint, expiresAt,
+                                       sweepShard (``00``..``31``, from the id)
 ``conn#<id>``          ``room#<room>`` joinedAt, expiresAt  (rooms of a connection)
-``room#<room>``        ``conn#<id>``   joinedAt, expiresAt  (members of a room)
-``conn#<id>``          ``rate``        window, messages, expiresAt  (the message rate counter)
+``room#<room>``        ``conn#<id>``   joinedAt, expiresAt, user  (members of a room)
+``room#<room>``        ``count``       members, expiresAt  (the room's member counter)
 =====================  ==============  ==========================================================
 
 ``expiresAt`` (epoch seconds, integer) is the table's TTL attribute, so records of connections
 whose ``$disconnect`` never ran disappear on their own; until DynamoDB's TTL sweep gets to them
-(it may lag by a day or two) the store filters them on read.  The sparse GSI ``by-last-seen``
-(``gsi1pk``/``gsi1sk``) lets the idle sweep Query connections by last activity instead of
-scanning.
+(it may lag by a day or two) the store filters them on read.
 
-Write costs (what the caller must know): ``claim_welcome(touch=True)`` first tries the common case,
-"already welcomed: just bump lastSeen", as one conditional UpdateItem.  So every message after the
-first costs one write; the first message of a connection costs two (the failed touch, then the
-claim), and a message racing another claimer may cost a third.  ``claim_welcome(touch=False)``
-costs one write.  Every write to a connection record also writes the GSI (lastSeen is its key).
-``admit_message`` (the rate limit) costs one more write per message on its own item (not the
-record, so the GSI is not written): one conditional ``ADD``; the first message of each window costs
-two (the failed increment, then the reset).  All reads of the base table are strongly
-consistent; ``idle_connections`` reads the GSI, which is
-eventually consistent (fine for a sweep).
+The sweep index ``by-last-seen`` is keyed ``sweepShard``/``lastSeen`` and projects only
+``connectedAt`` and ``endpoint``.  So:
 
-The botocore client must not retry on its own (``total_max_attempts=1``, as :meth:`from_table`
-configures it): :class:`~chalicelib.store.base.ConnectionStore` retries transient failures with
-jittered backoff, and two layers of retries multiply.
+* no index partition is shared by all connections: :data:`SWEEP_SHARDS` partitions, a connection's
+  shard fixed by a hash of its id (the sweep queries each);
+* only a write that changes ``lastSeen`` (registration, activity at most once a minute, a sweep
+  verification) writes the index; counting a message or claiming the welcome does not, because
+  neither touches a key or a projected attribute.
+
+Costs (what the caller must know; docs/capacity.md has the measured figures): a steady message
+(:meth:`~chalicelib.store.base.ConnectionStore.admit`) is one strongly consistent GetItem and one
+conditional UpdateItem on the ``meta`` item (about 300 bytes: one write unit); a rate-limited one
+is the read alone.  Joining and leaving are O(1) in the room's size: the membership's room side
+and the counter change in one transaction (exact counts), then one GetItem reads the counter.
+
+Errors are translated where each call is made (:meth:`DynamoDbStore._call`): a failed condition
+becomes a domain result on the spot, throttling becomes
+:class:`~chalicelib.store.base.TransientStoreError`, anything else
+:class:`~chalicelib.errors.StoreError`.  The botocore client must not retry on its own
+(``total_max_attempts=1``, as :meth:`from_table` configures it): the base class retries transient
+failures with jittered backoff, and two layers of retries multiply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import zlib
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
@@ -54,6 +61,8 @@ from chalicelib.store.base import (
     Claim,
     ConnectionRecord,
     ConnectionStore,
+    IdleConnection,
+    RecordChange,
     StoreOptions,
     TransientStoreError,
     expires_at,
@@ -67,14 +76,17 @@ if TYPE_CHECKING:
 
 #: The table's TTL attribute (enable TTL on it when deploying; ``table_definition`` cannot).
 TTL_ATTRIBUTE = "expiresAt"
-#: The sparse GSI over connection records, keyed by last activity.
+#: The sweep index over connection records, keyed by shard and last sign of life.
 LAST_SEEN_INDEX = "by-last-seen"
+#: Partitions of the sweep index.  Each takes about 1,000 index writes/s; a connection writes its
+#: entry at registration and then at most once a minute, so 32 shards carry well over a million
+#: active connections (docs/capacity.md).
+SWEEP_SHARDS = 32
 
 _META = "meta"
-_RATE = "rate"
+_COUNT = "count"
 _CONN = "conn#"
 _ROOM = "room#"
-_GSI_PK = "conn"
 
 #: Error codes worth retrying: the request was not applied, or may succeed on a second try.
 _TRANSIENT_CODES = frozenset(
@@ -87,6 +99,7 @@ _TRANSIENT_CODES = frozenset(
     }
 )
 _CONDITION_FAILED = "ConditionalCheckFailedException"
+_TRANSACTION_CANCELED = "TransactionCanceledException"
 
 #: BatchWriteItem takes at most 25 requests; unprocessed ones are resent this many more times.
 _BATCH_SIZE = 25
@@ -94,11 +107,11 @@ _BATCH_ROUNDS = 5
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
-    """``CreateTable`` keyword arguments for the store's table (on-demand billing, with the GSI).
+    """``CreateTable`` keyword arguments for the store's table (on-demand billing, with the index).
 
-    Use it in tests (``client.create_table(**table_definition(name))``) and as the source of truth
-    for the deployment template.  TTL is a separate call: ``update_time_to_live`` on
-    :data:`TTL_ATTRIBUTE`.
+    Use it in tests (``client.create_table(**table_definition(name))``); deploy/resources.json
+    declares the same table (a test keeps the two equal).  TTL is a separate call:
+    ``update_time_to_live`` on :data:`TTL_ATTRIBUTE`.
     """
     return {
         "TableName": table_name,
@@ -106,8 +119,8 @@ def table_definition(table_name: str) -> dict[str, Any]:
         "AttributeDefinitions": [
             {"AttributeName": "pk", "AttributeType": "S"},
             {"AttributeName": "sk", "AttributeType": "S"},
-            {"AttributeName": "gsi1pk", "AttributeType": "S"},
-            {"AttributeName": "gsi1sk", "AttributeType": "N"},
+            {"AttributeName": "sweepShard", "AttributeType": "S"},
+            {"AttributeName": "lastSeen", "AttributeType": "N"},
         ],
         "KeySchema": [
             {"AttributeName": "pk", "KeyType": "HASH"},
@@ -117,14 +130,36 @@ def table_definition(table_name: str) -> dict[str, Any]:
             {
                 "IndexName": LAST_SEEN_INDEX,
                 "KeySchema": [
-                    {"AttributeName": "gsi1pk", "KeyType": "HASH"},
-                    {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                    {"AttributeName": "sweepShard", "KeyType": "HASH"},
+                    {"AttributeName": "lastSeen", "KeyType": "RANGE"},
                 ],
-                # The sweep needs whole records; they are small.
-                "Projection": {"ProjectionType": "ALL"},
+                # Only what the sweep needs, none of it changed by message traffic: counting a
+                # message must not write the index.
+                "Projection": {
+                    "ProjectionType": "INCLUDE",
+                    "NonKeyAttributes": ["connectedAt", "endpoint"],
+                },
             }
         ],
     }
+
+
+def sweep_shard(connection_id: str) -> str:
+    """The sweep index partition of a connection (stable: a hash of its id)."""
+    return f"{zlib.crc32(connection_id.encode('utf-8')) % SWEEP_SHARDS:02d}"
+
+
+class ConditionFailed(Exception):
+    """Internal: a conditional write (or a transaction's item) did not apply.
+
+    ``item`` is the item as it was (None if absent, or for transactions); ``reasons`` are a
+    cancelled transaction's per-item cancellation codes.
+    """
+
+    def __init__(self, item: Item | None, reasons: Sequence[str] = ()) -> None:
+        super().__init__("condition failed")
+        self.item = item
+        self.reasons = list(reasons)
 
 
 class DynamoDbStore(ConnectionStore):
@@ -172,23 +207,66 @@ class DynamoDbStore(ConnectionStore):
                     self._client_instance = _make_client()
         return self._client_instance
 
-    # ------------------------------------------------------------------ error translation
+    # ------------------------------------------------------------------ the one call site
 
-    @contextmanager
-    def _translated(self, operation: str) -> Iterator[None]:
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        """``client.<method>(TableName=..., **kwargs)``, its errors translated right here.
+
+        Raises :class:`ConditionFailed` for a failed condition (with the old item when the request
+        asked for it, and the cancellation reasons of a transaction),
+        :class:`~chalicelib.store.base.TransientStoreError` for throttling, internal errors and
+        dropped connections, :class:`~chalicelib.errors.StoreError` for everything else.
+        """
+        if method not in ("transact_write_items", "batch_write_item"):
+            kwargs["TableName"] = self._table
         try:
-            yield
+            return getattr(self._client, method)(**kwargs)
         except ClientError as exc:
-            code = _error_code(exc)
-            message = f"dynamodb {operation} on {self._table}: {code}: {exc}"
-            if code in _TRANSIENT_CODES:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code == _CONDITION_FAILED:
+                raise ConditionFailed(cast("Item | None", exc.response.get("Item"))) from exc
+            reasons = [
+                str(reason.get("Code") or "None")
+                for reason in exc.response.get("CancellationReasons", [])
+            ]
+            if code == _TRANSACTION_CANCELED and "ConditionalCheckFailed" in reasons:
+                raise ConditionFailed(None, reasons) from exc
+            message = f"dynamodb {method} on {self._table}: {code}: {exc}"
+            if code in _TRANSIENT_CODES or (
+                code == _TRANSACTION_CANCELED
+                and any(r in ("TransactionConflict", "ThrottlingError") for r in reasons)
+            ):
                 raise TransientStoreError(message) from exc
             raise StoreError(message) from exc
         except BotoConnectionError as exc:
             # Connect/read timeouts and dropped connections: worth another try.
-            raise TransientStoreError(f"dynamodb {operation} on {self._table}: {exc}") from exc
+            raise TransientStoreError(f"dynamodb {method} on {self._table}: {exc}") from exc
         except BotoCoreError as exc:
-            raise StoreError(f"dynamodb {operation} on {self._table}: {exc}") from exc
+            raise StoreError(f"dynamodb {method} on {self._table}: {exc}") from exc
+
+    def _update_if(
+        self,
+        key: dict[str, AttributeValueTypeDef],
+        update: str,
+        condition: str,
+        values: dict[str, AttributeValueTypeDef],
+        names: dict[str, str] | None = None,
+    ) -> tuple[bool, Item | None]:
+        """One conditional UpdateItem: (True, None) if applied, else (False, the old item)."""
+        extra: dict[str, Any] = {"ExpressionAttributeNames": names} if names else {}
+        try:
+            self._call(
+                "update_item",
+                Key=key,
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **extra,
+            )
+        except ConditionFailed as failed:
+            return False, failed.item
+        return True, None
 
     # ------------------------------------------------------------------ primitives
 
@@ -199,11 +277,14 @@ class DynamoDbStore(ConnectionStore):
             ":ip": {"S": record.source_ip},
             ":endpoint": {"S": record.endpoint},
             ":exp": _n(_ttl(record.connected_at)),
-            ":gsi": {"S": _GSI_PK},
+            ":shard": {"S": sweep_shard(record.connection_id)},
+            ":zero": _n(0),
         }
         update = (
-            "SET connectedAt = :connected, lastSeen = :seen, gsi1sk = :seen, sourceIp = :ip,"
-            " expiresAt = :exp, gsi1pk = :gsi, endpoint = :endpoint"
+            "SET connectedAt = :connected, lastSeen = :seen, sourceIp = :ip, expiresAt = :exp,"
+            " sweepShard = :shard, endpoint = :endpoint,"
+            " rateWindow = if_not_exists(rateWindow, :zero),"
+            " rateCount = if_not_exists(rateCount, :zero)"
         )
         # welcomedAt is left alone: registering again keeps the welcome state.
         if record.user is None:
@@ -211,162 +292,76 @@ class DynamoDbStore(ConnectionStore):
         else:
             update += ", #user = :user"
             values[":user"] = {"S": record.user}
-        with self._translated("register"):
-            self._client.update_item(
-                TableName=self._table,
-                Key=_conn_key(record.connection_id),
-                UpdateExpression=update,
-                ExpressionAttributeNames={"#user": "user"},  # USER is a reserved word
-                ExpressionAttributeValues=values,
-            )
+        self._call(
+            "update_item",
+            Key=_conn_key(record.connection_id),
+            UpdateExpression=update,
+            ExpressionAttributeNames={"#user": "user"},  # USER is a reserved word
+            ExpressionAttributeValues=values,
+        )
 
     def _get(self, connection_id: str) -> ConnectionRecord | None:
-        with self._translated("get"):
-            response = self._client.get_item(
-                TableName=self._table, Key=_conn_key(connection_id), ConsistentRead=True
-            )
+        response = self._call("get_item", Key=_conn_key(connection_id), ConsistentRead=True)
         item = response.get("Item")
         return None if item is None else _record(item)
 
-    def _claim_welcome(self, connection_id: str, now: float, touch: bool) -> Claim:
-        # "Live" inside conditions: the record exists and has not expired.  Comparing connectedAt
-        # (exact) rather than expiresAt (rounded up for TTL) matches the base class's get().
-        live_values: dict[str, AttributeValueTypeDef] = {
-            ":oldest": _n(now - MAX_CONNECTION_SECONDS - EXPIRY_GRACE_SECONDS),
+    def _apply_change(
+        self, connection_id: str, expected: ConnectionRecord, change: RecordChange
+    ) -> bool:
+        sets: list[str] = []
+        values: dict[str, AttributeValueTypeDef] = {
+            ":connected": _n(expected.connected_at),
+            ":rw0": _n(expected.rate_window),
+            ":rc0": _n(expected.rate_count),
         }
-        if touch:
-            # Common case first: the welcome went out long ago, this message only records activity.
-            done, old = self._conditional_update(
-                connection_id,
-                "SET lastSeen = :now, gsi1sk = :now",
-                "attribute_exists(welcomedAt) AND connectedAt > :oldest",
-                {**live_values, ":now": _n(now)},
-            )
-            if done:
-                return Claim.ALREADY_CLAIMED
-            if not _live(old, now):
-                return Claim.UNKNOWN
-        update = (
-            "SET welcomedAt = :now, lastSeen = :now, gsi1sk = :now"
-            if touch
-            else ("SET welcomedAt = :now")
+        if change.claim_welcome:
+            sets.append("welcomedAt = :now")
+            values[":now"] = _n(self._clock())
+        if change.rate is not None:
+            sets.append("rateWindow = :rw, rateCount = :rc")
+            values[":rw"] = _n(change.rate[0])
+            values[":rc"] = _n(change.rate[1])
+        if change.last_seen is not None:
+            sets.append("lastSeen = :seen")
+            values[":seen"] = _n(change.last_seen)
+        welcomed = (
+            "attribute_exists(welcomedAt)" if expected.welcomed
+            else "attribute_not_exists(welcomedAt)"
         )
-        done, old = self._conditional_update(
-            connection_id,
-            update,
+        done, _old = self._update_if(
+            _conn_key(connection_id),
+            "SET " + ", ".join(sets),
+            f"connectedAt = :connected AND rateWindow = :rw0 AND rateCount = :rc0 AND {welcomed}",
+            values,
+        )
+        return done
+
+    def _claim_welcome(self, connection_id: str, now: float) -> Claim:
+        # "Live" inside the condition: the record exists and has not expired.  Comparing
+        # connectedAt (exact) rather than expiresAt (rounded up for TTL) matches get().
+        done, old = self._update_if(
+            _conn_key(connection_id),
+            "SET welcomedAt = :now",
             "attribute_exists(pk) AND attribute_not_exists(welcomedAt) AND connectedAt > :oldest",
-            {**live_values, ":now": _n(now)},
+            {":now": _n(now), ":oldest": _n(now - MAX_CONNECTION_SECONDS - EXPIRY_GRACE_SECONDS)},
         )
         if done:
             return Claim.CLAIMED
-        if not _live(old, now):
-            return Claim.UNKNOWN
-        if touch:
-            # Rare: another caller claimed between our two writes; still record the activity.
-            self._conditional_update(
-                connection_id,
-                "SET lastSeen = :now, gsi1sk = :now",
-                "attribute_exists(pk)",
-                {":now": _n(now)},
-            )
-        return Claim.ALREADY_CLAIMED
+        return Claim.ALREADY_CLAIMED if _live(old, now) else Claim.UNKNOWN
 
-    def _conditional_update(
-        self,
-        connection_id: str,
-        update: str,
-        condition: str,
-        values: dict[str, AttributeValueTypeDef],
-    ) -> tuple[bool, Item | None]:
-        """One conditional UpdateItem on the record: (True, None) if applied, else (False, old).
-
-        ``old`` is the item as it was when the condition failed (None if there is none), so no
-        follow-up read is needed to tell "unknown" from "already claimed".
-        """
-        try:
-            with self._translated("update_item"):
-                try:
-                    self._client.update_item(
-                        TableName=self._table,
-                        Key=_conn_key(connection_id),
-                        UpdateExpression=update,
-                        ConditionExpression=condition,
-                        ExpressionAttributeValues=values,
-                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    )
-                except ClientError as exc:
-                    if _error_code(exc) == _CONDITION_FAILED:
-                        old = cast("Item | None", exc.response.get("Item"))
-                        raise _ConditionFailed(old) from exc
-                    raise
-        except _ConditionFailed as failed:
-            return False, failed.item
-        return True, None
-
-    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
-        key = _key(_CONN + connection_id, _RATE)
-        names = {"#w": "window", "#n": "messages"}
-        for _ in range(3):
-            done, old = self._update_if(
-                key,
-                "ADD #n :one",
-                # An older window stored by a container whose clock runs ahead counts as current.
-                "#w >= :w AND #n < :limit",
-                {":one": _n(1), ":w": _n(window), ":limit": _n(limit)},
-                names,
-            )
-            if done:
-                return True
-            if old is not None and "window" in old and int(old["window"]["N"]) >= window:
-                return False  # the limit is reached in this window; nothing was counted
-            done, _old = self._update_if(
-                key,
-                "SET #w = :w, #n = :one, expiresAt = :exp",
-                "attribute_not_exists(#w) OR #w < :w",
-                {":one": _n(1), ":w": _n(window), ":exp": _n(_ttl(now))},
-                names,
-            )
-            if done:
-                return True
-            # Another caller started this window between our two writes: count against it.
-        raise TransientStoreError(f"dynamodb admit_message on {self._table}: contention")
-
-    def _update_if(
-        self,
-        key: dict[str, AttributeValueTypeDef],
-        update: str,
-        condition: str,
-        values: dict[str, AttributeValueTypeDef],
-        names: dict[str, str],
-    ) -> tuple[bool, Item | None]:
-        """One conditional UpdateItem on ``key``: (True, None) if applied, else (False, old)."""
-        try:
-            with self._translated("update_item"):
-                try:
-                    self._client.update_item(
-                        TableName=self._table,
-                        Key=key,
-                        UpdateExpression=update,
-                        ConditionExpression=condition,
-                        ExpressionAttributeNames=names,
-                        ExpressionAttributeValues=values,
-                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
-                    )
-                except ClientError as exc:
-                    if _error_code(exc) == _CONDITION_FAILED:
-                        raise _ConditionFailed(
-                            cast("Item | None", exc.response.get("Item"))
-                        ) from exc
-                    raise
-        except _ConditionFailed as failed:
-            return False, failed.item
-        return True, None
+    def _mark_checked(self, connection_id: str, now: float) -> bool:
+        done, _old = self._update_if(
+            _conn_key(connection_id),
+            "SET lastSeen = :now",
+            "attribute_exists(pk)",
+            {":now": _n(now)},
+        )
+        return done
 
     def _remove(self, connection_id: str) -> list[str]:
         sort_keys = [
             item["sk"]["S"]
             for item in self._query(
-                "remove",
                 KeyConditionExpression="pk = :pk",
                 ExpressionAttributeValues={":pk": {"S": _CONN + connection_id}},
                 ProjectionExpression="sk",
@@ -374,72 +369,82 @@ class DynamoDbStore(ConnectionStore):
             )
         ]
         rooms = sorted(sk[len(_ROOM) :] for sk in sort_keys if sk.startswith(_ROOM))
-        # Mirrors first, the connection's own partition last: if we fail halfway, a retry still
-        # finds every room through the connection's partition.
-        self._batch_write(
-            "remove",
-            [_delete(_ROOM + room, _CONN + connection_id) for room in rooms],
-        )
-        self._batch_write(
-            "remove",
-            [_delete(_CONN + connection_id, sk) for sk in sort_keys],
-        )
+        # Room sides first (broadcasts stop, counters drop), the connection's own partition last:
+        # if we fail halfway, a retry still finds every room through the connection's partition.
+        for room in rooms:
+            self._leave_room_side(connection_id, room)
+        self._batch_write([_delete(_CONN + connection_id, sk) for sk in sort_keys])
         return rooms
 
-    def _join(self, connection_id: str, room: str, now: float) -> int:
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
         # Memberships expire no later than the connection could (joined after it connected), so
-        # an orphan left by a join racing a disconnect disappears through TTL.
-        attrs: dict[str, AttributeValueTypeDef] = {
-            "joinedAt": _n(now),
-            TTL_ATTRIBUTE: _n(_ttl(now)),
+        # an orphan left by a join racing a disconnect disappears through TTL; the counter lives
+        # as long as its newest membership.
+        expiry = _n(_ttl(now))
+        self._call(
+            "put_item",
+            Item={**_key(_CONN + connection_id, _ROOM + room), "joinedAt": _n(now),
+                  TTL_ATTRIBUTE: expiry},
+        )
+        member: dict[str, AttributeValueTypeDef] = {
+            **_key(_ROOM + room, _CONN + connection_id), "joinedAt": _n(now), TTL_ATTRIBUTE: expiry,
         }
-        self._batch_write(
-            "join",
-            [
-                {"PutRequest": {"Item": {**_key(_CONN + connection_id, _ROOM + room), **attrs}}},
-                {"PutRequest": {"Item": {**_key(_ROOM + room, _CONN + connection_id), **attrs}}},
-            ],
-        )
-        count = 0
-        pages = self._query_pages(
-            "join",
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :conn)",
-            ExpressionAttributeValues={":pk": {"S": _ROOM + room}, ":conn": {"S": _CONN}},
-            Select="COUNT",
-            ConsistentRead=True,
-        )
-        for page in pages:
-            count += int(page["Count"])
-        return count
+        if user is not None:
+            member["user"] = {"S": user}
+        # The membership and the counter move together or not at all: the count stays exact
+        # without ever counting the room.  A failed condition: already a member, nothing moves.
+        with contextlib.suppress(ConditionFailed):
+            self._call("transact_write_items", TransactItems=[
+                {"Put": {"TableName": self._table, "Item": member,
+                         "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Update": {"TableName": self._table, "Key": _key(_ROOM + room, _COUNT),
+                            "UpdateExpression": "ADD members :one SET expiresAt = :exp",
+                            "ExpressionAttributeValues": {":one": _n(1), ":exp": expiry}}},
+            ])
+        return self._member_count(room)
 
     def _leave(self, connection_id: str, room: str) -> bool:
-        was_member = False
         # The room's side first (broadcasts stop), the connection's side last (remove() relies on
         # it to find the room if we fail in between).
-        for key in (
-            _key(_ROOM + room, _CONN + connection_id),
-            _key(_CONN + connection_id, _ROOM + room),
-        ):
-            with self._translated("leave"):
-                response = self._client.delete_item(
-                    TableName=self._table, Key=key, ReturnValues="ALL_OLD"
-                )
-            was_member = was_member or bool(response.get("Attributes"))
+        was_member = self._leave_room_side(connection_id, room)
+        self._call("delete_item", Key=_key(_CONN + connection_id, _ROOM + room))
         return was_member
 
+    def _leave_room_side(self, connection_id: str, room: str) -> bool:
+        """Delete the room side of a membership and decrement the counter, in one transaction."""
+        try:
+            self._call("transact_write_items", TransactItems=[
+                {"Delete": {"TableName": self._table,
+                            "Key": _key(_ROOM + room, _CONN + connection_id),
+                            "ConditionExpression": "attribute_exists(pk)"}},
+                # if_not_exists: a counter TTL already removed comes back with an expiry, never
+                # as an immortal negative item.
+                {"Update": {"TableName": self._table, "Key": _key(_ROOM + room, _COUNT),
+                            "UpdateExpression": "ADD members :minus"
+                                                " SET expiresAt = if_not_exists(expiresAt, :exp)",
+                            "ExpressionAttributeValues": {
+                                ":minus": _n(-1), ":exp": _n(_ttl(self._clock()))}}},
+            ])
+        except ConditionFailed:
+            return False
+        return True
+
     def _is_member(self, connection_id: str, room: str) -> bool:
-        with self._translated("is_member"):
-            response = self._client.get_item(
-                TableName=self._table,
-                Key=_key(_ROOM + room, _CONN + connection_id),
-                ProjectionExpression="pk",
-                ConsistentRead=True,
-            )
+        response = self._call(
+            "get_item",
+            Key=_key(_ROOM + room, _CONN + connection_id),
+            ProjectionExpression="pk",
+            ConsistentRead=True,
+        )
         return "Item" in response
+
+    def _member_count(self, room: str) -> int:
+        response = self._call("get_item", Key=_key(_ROOM + room, _COUNT), ConsistentRead=True)
+        item = response.get("Item")
+        return 0 if item is None else int(item["members"]["N"])
 
     def _rooms_of(self, connection_id: str) -> list[str]:
         items = self._query(
-            "rooms_of",
             KeyConditionExpression="pk = :pk AND begins_with(sk, :room)",
             ExpressionAttributeValues={":pk": {"S": _CONN + connection_id}, ":room": {"S": _ROOM}},
             ProjectionExpression="sk",
@@ -447,54 +452,71 @@ class DynamoDbStore(ConnectionStore):
         )
         return [item["sk"]["S"][len(_ROOM) :] for item in items]
 
-    def _members(self, room: str) -> Iterator[str]:
-        items = self._query(
-            "members",
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :conn)",
-            ExpressionAttributeValues={":pk": {"S": _ROOM + room}, ":conn": {"S": _CONN}},
+    def _members_page(
+        self, room: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        # A range condition instead of ExclusiveStartKey: the cursor is a plain connection id,
+        # and the counter item (sk "count") sorts outside "conn#" .. "conn$".  BETWEEN includes
+        # the cursor itself, hence one item more and the filter.
+        page = self._call(
+            "query",
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+            ExpressionAttributeValues={
+                ":pk": {"S": _ROOM + room},
+                ":low": {"S": _CONN + (after or "")},
+                ":high": {"S": _CONN[:-1] + "$"},
+            },
             ProjectionExpression="sk",
             ConsistentRead=True,
+            Limit=limit if after is None else limit + 1,
         )
-        return (item["sk"]["S"][len(_CONN) :] for item in items)
+        ids = [
+            sk[len(_CONN) :] for sk in (item["sk"]["S"] for item in page["Items"])
+            if sk != _CONN + (after or "")
+        ][:limit]
+        more = bool(page.get("LastEvaluatedKey"))
+        return ids, (ids[-1] if more and ids else None)
 
-    def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]:
-        found: list[ConnectionRecord] = []
-        pages = self._query_pages(
-            "idle_connections",
-            IndexName=LAST_SEEN_INDEX,
-            KeyConditionExpression="gsi1pk = :gsi AND gsi1sk <= :cutoff",
-            ExpressionAttributeValues={":gsi": {"S": _GSI_PK}, ":cutoff": _n(cutoff)},
-            ScanIndexForward=True,  # oldest first
-            Limit=min(limit, 1000),
-        )
-        for page in pages:
-            found.extend(_record(item) for item in page["Items"])
-            if len(found) >= limit:
-                break
-        return iter(found[:limit])
+    def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:
+        found: list[IdleConnection] = []
+        for shard in range(SWEEP_SHARDS):
+            shard_found = 0
+            for page in self._query_pages(
+                IndexName=LAST_SEEN_INDEX,
+                KeyConditionExpression="sweepShard = :shard AND lastSeen <= :cutoff",
+                ExpressionAttributeValues={
+                    ":shard": {"S": f"{shard:02d}"}, ":cutoff": _n(cutoff)},
+                ScanIndexForward=True,  # oldest first
+                Limit=min(limit, 1000),
+            ):
+                items = page["Items"]
+                found.extend(_idle(item) for item in items)
+                shard_found += len(items)
+                if shard_found >= limit:
+                    break
+        return found
 
     # ------------------------------------------------------------------ helpers
 
-    def _query_pages(self, operation: str, **kwargs: Any) -> Iterator[Mapping[str, Any]]:
-        """Every page of one Query (the caller iterates; errors are translated per page)."""
+    def _query_pages(self, **kwargs: Any) -> Any:
+        """Every page of one Query (a generator; errors are translated per page)."""
         start: Mapping[str, Any] | None = None
         while True:
             if start is not None:
                 kwargs["ExclusiveStartKey"] = start
-            with self._translated(operation):
-                page = self._client.query(TableName=self._table, **kwargs)
+            page = self._call("query", **kwargs)
             yield page
             start = page.get("LastEvaluatedKey")
             if not start:
                 return
 
-    def _query(self, operation: str, **kwargs: Any) -> list[Item]:
+    def _query(self, **kwargs: Any) -> list[Item]:
         items: list[Item] = []
-        for page in self._query_pages(operation, **kwargs):
+        for page in self._query_pages(**kwargs):
             items.extend(page["Items"])
         return items
 
-    def _batch_write(self, operation: str, requests: Sequence[WriteRequestTypeDef]) -> None:
+    def _batch_write(self, requests: Sequence[WriteRequestTypeDef]) -> None:
         """BatchWriteItem in chunks of 25, resending unprocessed items a bounded number of times.
 
         Raises TransientStoreError when items are still unprocessed after the last round (the
@@ -506,24 +528,15 @@ class DynamoDbStore(ConnectionStore):
                 if round_:
                     # Unprocessed items mean throttling: back off before resending them.
                     self._sleep(self._retry.delay(round_, random.random))
-                with self._translated(operation):
-                    response = self._client.batch_write_item(RequestItems={self._table: pending})
+                response = self._call("batch_write_item", RequestItems={self._table: pending})
                 pending = response.get("UnprocessedItems", {}).get(self._table, [])
                 if not pending:
                     break
             else:
                 raise TransientStoreError(
-                    f"dynamodb {operation} on {self._table}: {len(pending)} items still"
+                    f"dynamodb batch_write_item on {self._table}: {len(pending)} items still"
                     f" unprocessed after {_BATCH_ROUNDS} rounds"
                 )
-
-
-class _ConditionFailed(Exception):
-    """Internal: carries the old item out of the error translation."""
-
-    def __init__(self, item: Item | None) -> None:
-        super().__init__("condition failed")
-        self.item = item
 
 
 def _make_client() -> DynamoDBClient:
@@ -536,10 +549,6 @@ def _make_client() -> DynamoDBClient:
         read_timeout=10,
     )
     return boto3.client("dynamodb", config=config)
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _n(value: float) -> AttributeValueTypeDef:
@@ -575,17 +584,34 @@ def _live(item: Item | None, now: float) -> bool:
 
 
 def _record(item: Item) -> ConnectionRecord:
-    connection_id = item["pk"]["S"][len(_CONN) :]
     user = item.get("user")
     return ConnectionRecord(
-        connection_id=connection_id,
+        connection_id=item["pk"]["S"][len(_CONN) :],
         connected_at=float(item["connectedAt"]["N"]),
         last_seen=float(item["lastSeen"]["N"]),
         welcomed="welcomedAt" in item,
         source_ip=item.get("sourceIp", {}).get("S", ""),
         user=None if user is None else user.get("S"),
         endpoint=item.get("endpoint", {}).get("S", ""),
+        rate_window=int(item.get("rateWindow", {}).get("N", "0")),
+        rate_count=int(item.get("rateCount", {}).get("N", "0")),
     )
 
 
-__all__ = ["LAST_SEEN_INDEX", "TTL_ATTRIBUTE", "DynamoDbStore", "table_definition"]
+def _idle(item: Item) -> IdleConnection:
+    return IdleConnection(
+        connection_id=item["pk"]["S"][len(_CONN) :],
+        connected_at=float(item["connectedAt"]["N"]),
+        last_seen=float(item["lastSeen"]["N"]),
+        endpoint=item.get("endpoint", {}).get("S", ""),
+    )
+
+
+__all__ = [
+    "LAST_SEEN_INDEX",
+    "SWEEP_SHARDS",
+    "TTL_ATTRIBUTE",
+    "DynamoDbStore",
+    "sweep_shard",
+    "table_definition",
+]

@@ -6,12 +6,19 @@ containers (``open_store`` refuses it there).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
-from collections.abc import Iterator
 from typing import Unpack
 
-from chalicelib.store.base import Claim, ConnectionRecord, ConnectionStore, StoreOptions
+from chalicelib.store.base import (
+    Claim,
+    ConnectionRecord,
+    ConnectionStore,
+    IdleConnection,
+    RecordChange,
+    StoreOptions,
+)
 
 
 class MemoryStore(ConnectionStore):
@@ -26,16 +33,19 @@ class MemoryStore(ConnectionStore):
         # One lock for everything: operations are tiny, and it makes each one trivially atomic.
         self._lock = threading.Lock()
         self._records: dict[str, ConnectionRecord] = {}
-        self._rooms: dict[str, set[str]] = {}  # room -> connection ids
+        self._rooms: dict[str, dict[str, str | None]] = {}  # room -> connection id -> user
         self._memberships: dict[str, set[str]] = {}  # connection id -> rooms
-        self._rates: dict[str, tuple[int, int]] = {}  # connection id -> (window, count)
 
     def _register(self, record: ConnectionRecord) -> None:
         with self._lock:
             old = self._records.get(record.connection_id)
             if old is not None:
                 record = dataclasses.replace(
-                    record, welcomed=old.welcomed, last_seen=max(old.last_seen, record.last_seen)
+                    record,
+                    welcomed=old.welcomed,
+                    last_seen=max(old.last_seen, record.last_seen),
+                    rate_window=old.rate_window,
+                    rate_count=old.rate_count,
                 )
             self._records[record.connection_id] = record
 
@@ -43,43 +53,76 @@ class MemoryStore(ConnectionStore):
         with self._lock:
             return self._records.get(connection_id)
 
-    def _claim_welcome(self, connection_id: str, now: float, touch: bool) -> Claim:
+    def _apply_change(
+        self, connection_id: str, expected: ConnectionRecord, change: RecordChange
+    ) -> bool:
+        with self._lock:
+            record = self._records.get(connection_id)
+            if record is None or (
+                record.connected_at,
+                record.welcomed,
+                record.rate_window,
+                record.rate_count,
+            ) != (
+                expected.connected_at,
+                expected.welcomed,
+                expected.rate_window,
+                expected.rate_count,
+            ):
+                return False
+            if change.claim_welcome:
+                record = dataclasses.replace(record, welcomed=True)
+            if change.rate is not None:
+                record = dataclasses.replace(
+                    record, rate_window=change.rate[0], rate_count=change.rate[1]
+                )
+            if change.last_seen is not None:
+                record = dataclasses.replace(record, last_seen=change.last_seen)
+            self._records[connection_id] = record
+            return True
+
+    def _claim_welcome(self, connection_id: str, now: float) -> Claim:
         with self._lock:
             record = self._records.get(connection_id)
             if record is None or record.expires_at <= now:
                 return Claim.UNKNOWN
-            result = Claim.ALREADY_CLAIMED if record.welcomed else Claim.CLAIMED
-            last_seen = max(record.last_seen, now) if touch else record.last_seen
-            self._records[connection_id] = dataclasses.replace(
-                record, welcomed=True, last_seen=last_seen
-            )
-            return result
+            if record.welcomed:
+                return Claim.ALREADY_CLAIMED
+            self._records[connection_id] = dataclasses.replace(record, welcomed=True)
+            return Claim.CLAIMED
+
+    def _mark_checked(self, connection_id: str, now: float) -> bool:
+        with self._lock:
+            record = self._records.get(connection_id)
+            if record is None:
+                return False
+            self._records[connection_id] = dataclasses.replace(record, last_seen=now)
+            return True
 
     def _remove(self, connection_id: str) -> list[str]:
         with self._lock:
             self._records.pop(connection_id, None)
-            self._rates.pop(connection_id, None)
             rooms = self._memberships.pop(connection_id, set())
             for room in rooms:
                 members = self._rooms.get(room)
                 if members is not None:
-                    members.discard(connection_id)
+                    members.pop(connection_id, None)
                     if not members:
                         del self._rooms[room]
             return sorted(rooms)
 
-    def _join(self, connection_id: str, room: str, now: float) -> int:
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
         with self._lock:
             self._memberships.setdefault(connection_id, set()).add(room)
-            members = self._rooms.setdefault(room, set())
-            members.add(connection_id)
+            members = self._rooms.setdefault(room, {})
+            members.setdefault(connection_id, user)
             return len(members)
 
     def _leave(self, connection_id: str, room: str) -> bool:
         with self._lock:
-            members = self._rooms.get(room, set())
+            members = self._rooms.get(room, {})
             was_member = connection_id in members
-            members.discard(connection_id)
+            members.pop(connection_id, None)
             if not members:
                 self._rooms.pop(room, None)
             rooms = self._memberships.get(connection_id, set())
@@ -90,31 +133,31 @@ class MemoryStore(ConnectionStore):
 
     def _is_member(self, connection_id: str, room: str) -> bool:
         with self._lock:
-            return connection_id in self._rooms.get(room, ())
+            return connection_id in self._rooms.get(room, {})
+
+    def _member_count(self, room: str) -> int:
+        with self._lock:
+            return len(self._rooms.get(room, {}))
 
     def _rooms_of(self, connection_id: str) -> list[str]:
         with self._lock:
             return sorted(self._memberships.get(connection_id, ()))
 
-    def _members(self, room: str) -> Iterator[str]:
+    def _members_page(
+        self, room: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
         with self._lock:
-            # Copy under the lock: the caller iterates after we release it.
-            members = sorted(self._rooms.get(room, ()))
-        return iter(members)
+            members = sorted(self._rooms.get(room, {}))
+        start = 0 if after is None else bisect.bisect_right(members, after)
+        page = members[start : start + limit]
+        more = start + limit < len(members)
+        return page, (page[-1] if more and page else None)
 
-    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
-        with self._lock:
-            stored, count = self._rates.get(connection_id, (window - 1, 0))
-            if stored < window:
-                self._rates[connection_id] = (window, 1)
-                return True
-            if count < limit:
-                self._rates[connection_id] = (stored, count + 1)
-                return True
-            return False
-
-    def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]:
+    def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:
         with self._lock:
             idle = [r for r in self._records.values() if r.last_seen <= cutoff]
         idle.sort(key=lambda r: r.last_seen)
-        return iter(idle[:limit])
+        return [
+            IdleConnection(r.connection_id, r.connected_at, r.last_seen, r.endpoint)
+            for r in idle[:limit]
+        ]

@@ -23,10 +23,16 @@ from chalicelib.store.base import (
     Claim,
     ConnectionRecord,
     ConnectionStore,
+    IdleConnection,
+    RecordChange,
     StoreOptions,
     TransientStoreError,
     expires_at,
 )
+
+#: Bumped whenever the schema changes: an older local file is dropped and recreated (it only holds
+#: connections of gateway runs that are over, so nothing of value is lost).
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS connections (
@@ -37,25 +43,26 @@ CREATE TABLE IF NOT EXISTS connections (
     source_ip     TEXT NOT NULL DEFAULT '',
     user_id       TEXT NULL,
     expires_at    REAL NOT NULL,
-    endpoint      TEXT NOT NULL DEFAULT ''
+    endpoint      TEXT NOT NULL DEFAULT '',
+    rate_window   INTEGER NOT NULL DEFAULT 0,
+    rate_count    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS connections_last_seen ON connections (last_seen);
 CREATE TABLE IF NOT EXISTS memberships (
     room          TEXT NOT NULL,
     connection_id TEXT NOT NULL,
     joined_at     REAL NOT NULL,
+    user_id       TEXT NULL,
     PRIMARY KEY (room, connection_id)
 );
-CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id);
-CREATE TABLE IF NOT EXISTS message_rates (
-    connection_id TEXT PRIMARY KEY,
-    window_start  INTEGER NOT NULL,
-    count         INTEGER NOT NULL
-);
+CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id)
 """
 
+_OLD_TABLES = ("connections", "memberships", "message_rates")
+
 _RECORD_COLUMNS = (
-    "connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint"
+    "connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint,"
+    " rate_window, rate_count"
 )
 
 
@@ -161,9 +168,14 @@ class SqliteStore(ConnectionStore):
                 raise StoreError(f"sqlite {self._path}: cannot enable WAL (journal_mode={mode})")
             conn.execute("PRAGMA synchronous = NORMAL")  # durable enough in WAL for a local store
         with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                for table in _OLD_TABLES:
+                    conn.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ primitives
 
@@ -203,35 +215,66 @@ class SqliteStore(ConnectionStore):
             ).fetchone()
         return None if row is None else _record(row)
 
-    def _claim_welcome(self, connection_id: str, now: float, touch: bool) -> Claim:
+    def _apply_change(
+        self, connection_id: str, expected: ConnectionRecord, change: RecordChange
+    ) -> bool:
+        sets: list[str] = []
+        params: list[Any] = []
+        if change.claim_welcome:
+            sets.append("welcomed_at = ?")
+            params.append(self._clock())
+        if change.rate is not None:
+            sets.append("rate_window = ?, rate_count = ?")
+            params.extend(change.rate)
+        if change.last_seen is not None:
+            sets.append("last_seen = ?")
+            params.append(change.last_seen)
+        welcomed = "welcomed_at IS NOT NULL" if expected.welcomed else "welcomed_at IS NULL"
+        with self._translated() as conn:
+            # One statement, hence atomic across threads and processes: the WHERE clause is the
+            # condition that the record is still the one the decision was made on.
+            changed = conn.execute(
+                f"""
+                UPDATE connections SET {", ".join(sets)}
+                WHERE connection_id = ? AND connected_at = ? AND {welcomed}
+                  AND rate_window = ? AND rate_count = ?
+                """,
+                (
+                    *params,
+                    connection_id,
+                    expected.connected_at,
+                    expected.rate_window,
+                    expected.rate_count,
+                ),
+            ).rowcount
+        return changed > 0
+
+    def _claim_welcome(self, connection_id: str, now: float) -> Claim:
         with self._write() as conn:
             # The claim itself is one conditional UPDATE: whoever changes the row wins, across
-            # threads and processes.  The transaction only keeps the follow-up consistent.
+            # threads and processes.  The transaction only keeps the follow-up read consistent.
             claimed = conn.execute(
                 """
-                UPDATE connections
-                SET welcomed_at = ?,
-                    last_seen = CASE WHEN ? THEN max(last_seen, ?) ELSE last_seen END
+                UPDATE connections SET welcomed_at = ?
                 WHERE connection_id = ? AND welcomed_at IS NULL AND expires_at > ?
                 """,
-                (now, touch, now, connection_id, now),
+                (now, connection_id, now),
             ).rowcount
             if claimed:
                 return Claim.CLAIMED
-            if touch:
-                exists = conn.execute(
-                    """
-                    UPDATE connections SET last_seen = max(last_seen, ?)
-                    WHERE connection_id = ? AND expires_at > ?
-                    """,
-                    (now, connection_id, now),
-                ).rowcount
-            else:
-                exists = conn.execute(
-                    "SELECT count(*) FROM connections WHERE connection_id = ? AND expires_at > ?",
-                    (connection_id, now),
-                ).fetchone()[0]
+            exists = conn.execute(
+                "SELECT count(*) FROM connections WHERE connection_id = ? AND expires_at > ?",
+                (connection_id, now),
+            ).fetchone()[0]
             return Claim.ALREADY_CLAIMED if exists else Claim.UNKNOWN
+
+    def _mark_checked(self, connection_id: str, now: float) -> bool:
+        with self._translated() as conn:
+            changed = conn.execute(
+                "UPDATE connections SET last_seen = ? WHERE connection_id = ?",
+                (now, connection_id),
+            ).rowcount
+        return changed > 0
 
     def _remove(self, connection_id: str) -> list[str]:
         with self._write() as conn:
@@ -244,16 +287,17 @@ class SqliteStore(ConnectionStore):
             ]
             conn.execute("DELETE FROM memberships WHERE connection_id = ?", (connection_id,))
             conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
-            conn.execute("DELETE FROM message_rates WHERE connection_id = ?", (connection_id,))
         return rooms
 
-    def _join(self, connection_id: str, room: str, now: float) -> int:
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
         with self._write() as conn:
             conn.execute(
-                "INSERT OR IGNORE INTO memberships (room, connection_id, joined_at)"
-                " VALUES (?, ?, ?)",
-                (room, connection_id, now),
+                "INSERT OR IGNORE INTO memberships (room, connection_id, joined_at, user_id)"
+                " VALUES (?, ?, ?, ?)",
+                (room, connection_id, now, user),
             )
+            # The count is exact here (one indexed range in one local file): SQLite has no
+            # hot-partition problem to design around, unlike the DynamoDB counter item.
             count: int = conn.execute(
                 "SELECT count(*) FROM memberships WHERE room = ?", (room,)
             ).fetchone()[0]
@@ -275,6 +319,13 @@ class SqliteStore(ConnectionStore):
             ).fetchone()
         return row is not None
 
+    def _member_count(self, room: str) -> int:
+        with self._translated() as conn:
+            count: int = conn.execute(
+                "SELECT count(*) FROM memberships WHERE room = ?", (room,)
+            ).fetchone()[0]
+        return count
+
     def _rooms_of(self, connection_id: str) -> list[str]:
         with self._translated() as conn:
             rows = conn.execute(
@@ -283,48 +334,40 @@ class SqliteStore(ConnectionStore):
             ).fetchall()
         return [row[0] for row in rows]
 
-    def _members(self, room: str) -> Iterator[str]:
-        # fetchall inside the error translation: a lazy cursor would fail outside of it.
+    def _members_page(
+        self, room: str, after: str | None, limit: int
+    ) -> tuple[list[str], str | None]:
+        # fetchall inside the error translation: a lazy cursor would fail outside of it.  One row
+        # more than asked tells whether another page follows.
         with self._translated() as conn:
             rows = conn.execute(
-                "SELECT connection_id FROM memberships WHERE room = ? ORDER BY connection_id",
-                (room,),
-            ).fetchall()
-        return iter([row[0] for row in rows])
-
-    def _admit_message(self, connection_id: str, window: int, limit: int, now: float) -> bool:
-        with self._translated() as conn:
-            # One statement, hence atomic across threads and processes: a newer window restarts
-            # the count; the same (or an older, skewed-clock) window increments below the limit;
-            # at the limit the WHERE clause stops the update and nothing changes (rowcount 0).
-            changed = conn.execute(
                 """
-                INSERT INTO message_rates (connection_id, window_start, count) VALUES (?, ?, 1)
-                ON CONFLICT (connection_id) DO UPDATE SET
-                    count = CASE WHEN excluded.window_start > window_start THEN 1
-                                 ELSE count + 1 END,
-                    window_start = max(window_start, excluded.window_start)
-                WHERE excluded.window_start > message_rates.window_start
-                   OR message_rates.count < ?
+                SELECT connection_id FROM memberships
+                WHERE room = ? AND connection_id > ? ORDER BY connection_id LIMIT ?
                 """,
-                (connection_id, window, limit),
-            ).rowcount
-        return changed > 0
+                (room, after or "", limit + 1),
+            ).fetchall()
+        page = [row[0] for row in rows[:limit]]
+        return page, (page[-1] if len(rows) > limit else None)
 
-    def _idle_connections(self, cutoff: float, limit: int) -> Iterator[ConnectionRecord]:
+    def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:
         with self._translated() as conn:
             rows = conn.execute(
-                f"""
-                SELECT {_RECORD_COLUMNS} FROM connections
+                """
+                SELECT connection_id, connected_at, last_seen, endpoint FROM connections
                 WHERE last_seen <= ? ORDER BY last_seen LIMIT ?
                 """,
                 (cutoff, limit),
             ).fetchall()
-        return iter([_record(row) for row in rows])
+        return [
+            IdleConnection(str(cid), float(connected), float(seen), str(endpoint or ""))
+            for cid, connected, seen, endpoint in rows
+        ]
 
 
 def _record(row: Any) -> ConnectionRecord:
-    connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint = row
+    (connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint,
+     rate_window, rate_count) = row
     return ConnectionRecord(
         connection_id=str(connection_id),
         connected_at=float(connected_at),
@@ -333,4 +376,6 @@ def _record(row: Any) -> ConnectionRecord:
         source_ip=str(source_ip or ""),
         user=None if user_id is None else str(user_id),
         endpoint=str(endpoint or ""),
+        rate_window=int(rate_window),
+        rate_count=int(rate_count),
     )

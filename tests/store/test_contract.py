@@ -6,14 +6,22 @@ import threading
 
 import pytest
 
-from chalicelib.store import Claim, ConnectionStore
-from chalicelib.store.base import EXPIRY_GRACE_SECONDS, MAX_CONNECTION_SECONDS
+from chalicelib.store import Admission, Claim, ConnectionStore
+from chalicelib.store.base import (
+    ACTIVITY_RESOLUTION_SECONDS,
+    EXPIRY_GRACE_SECONDS,
+    MAX_CONNECTION_SECONDS,
+)
 
 from .fakes import T0, FakeClock
 
 
 def register(store: ConnectionStore, cid: str, at: float = T0) -> None:
     store.register(cid, connected_at=at)
+
+
+def admit(store: ConnectionStore, cid: str, limit: int = 0, window: int = 10) -> Admission:
+    return store.admit(cid, rate_limit=limit, window_seconds=window)
 
 
 # ---------------------------------------------------------------- register / get
@@ -48,12 +56,12 @@ def test_register_without_user(store: ConnectionStore) -> None:
 
 def test_register_is_idempotent_and_keeps_welcome(store: ConnectionStore) -> None:
     register(store, "c1")
-    assert store.claim_welcome("c1", touch=False) is Claim.CLAIMED
+    assert store.claim_welcome("c1") is Claim.CLAIMED
     register(store, "c1")
     record = store.get("c1")
     assert record is not None
     assert record.welcomed is True
-    assert store.claim_welcome("c1", touch=False) is Claim.ALREADY_CLAIMED
+    assert store.claim_welcome("c1") is Claim.ALREADY_CLAIMED
 
 
 def test_register_rejects_empty_id(store: ConnectionStore) -> None:
@@ -76,8 +84,8 @@ def test_record_expires(store: ConnectionStore, clock: FakeClock) -> None:
 def test_claim_on_expired_record_is_unknown(store: ConnectionStore, clock: FakeClock) -> None:
     register(store, "c1")
     clock.advance(MAX_CONNECTION_SECONDS + EXPIRY_GRACE_SECONDS + 1)
-    assert store.claim_welcome("c1", touch=True) is Claim.UNKNOWN
-    assert store.claim_welcome("c1", touch=False) is Claim.UNKNOWN
+    assert store.claim_welcome("c1") is Claim.UNKNOWN
+    assert admit(store, "c1").claim is Claim.UNKNOWN
 
 
 # ---------------------------------------------------------------- welcome claim
@@ -85,67 +93,83 @@ def test_claim_on_expired_record_is_unknown(store: ConnectionStore, clock: FakeC
 
 def test_claim_exactly_once(store: ConnectionStore) -> None:
     register(store, "c1")
-    assert store.claim_welcome("c1", touch=False) is Claim.CLAIMED
-    assert store.claim_welcome("c1", touch=False) is Claim.ALREADY_CLAIMED
-    assert store.claim_welcome("c1", touch=True) is Claim.ALREADY_CLAIMED
+    assert store.claim_welcome("c1") is Claim.CLAIMED
+    assert store.claim_welcome("c1") is Claim.ALREADY_CLAIMED
+    assert admit(store, "c1").claim is Claim.ALREADY_CLAIMED
     record = store.get("c1")
     assert record is not None and record.welcomed
 
 
-def test_claim_with_touch_exactly_once(store: ConnectionStore) -> None:
+def test_admit_claims_the_welcome_exactly_once(store: ConnectionStore) -> None:
     register(store, "c1")
-    assert store.claim_welcome("c1", touch=True) is Claim.CLAIMED
-    assert store.claim_welcome("c1", touch=True) is Claim.ALREADY_CLAIMED
+    first = admit(store, "c1")
+    assert first.claim is Claim.CLAIMED and first.admitted
+    assert admit(store, "c1").claim is Claim.ALREADY_CLAIMED
+    assert store.claim_welcome("c1") is Claim.ALREADY_CLAIMED
 
 
 def test_claim_unknown(store: ConnectionStore) -> None:
-    assert store.claim_welcome("nobody", touch=False) is Claim.UNKNOWN
-    assert store.claim_welcome("nobody", touch=True) is Claim.UNKNOWN
-    # Touching an unknown connection must not create a record.
+    assert store.claim_welcome("nobody") is Claim.UNKNOWN
+    unknown = admit(store, "nobody", limit=5)
+    assert unknown.claim is Claim.UNKNOWN and unknown.record is None
+    # Neither creates a record.
     assert store.get("nobody") is None
 
 
 def test_claim_after_remove_is_unknown(store: ConnectionStore) -> None:
     register(store, "c1")
     store.remove("c1")
-    assert store.claim_welcome("c1", touch=True) is Claim.UNKNOWN
+    assert admit(store, "c1").claim is Claim.UNKNOWN
+    assert store.claim_welcome("c1") is Claim.UNKNOWN
 
 
-def test_touch_updates_last_seen(store: ConnectionStore, clock: FakeClock) -> None:
+def test_admit_returns_the_record(store: ConnectionStore) -> None:
+    store.register("c1", connected_at=T0, user="alice", endpoint="https://e/api")
+    admission = admit(store, "c1")
+    assert admission.record is not None
+    assert admission.record.user == "alice"
+    assert admission.record.endpoint == "https://e/api"
+
+
+def test_activity_moves_last_seen_at_most_once_a_minute(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
     register(store, "c1")
-    clock.advance(10)
-    assert store.claim_welcome("c1", touch=True) is Claim.CLAIMED
+    admit(store, "c1")
+    clock.advance(ACTIVITY_RESOLUTION_SECONDS - 1)
+    admit(store, "c1")
     record = store.get("c1")
-    assert record is not None and record.last_seen == T0 + 10
-    clock.advance(5)
-    assert store.claim_welcome("c1", touch=True) is Claim.ALREADY_CLAIMED
+    assert record is not None and record.last_seen == T0  # still fresh: not moved
+    clock.advance(1)
+    admit(store, "c1")
     record = store.get("c1")
-    assert record is not None and record.last_seen == T0 + 15
+    assert record is not None and record.last_seen == T0 + ACTIVITY_RESOLUTION_SECONDS
 
 
-def test_claim_without_touch_keeps_last_seen(store: ConnectionStore, clock: FakeClock) -> None:
+def test_claim_keeps_last_seen(store: ConnectionStore, clock: FakeClock) -> None:
     register(store, "c1")
-    clock.advance(10)
-    store.claim_welcome("c1", touch=False)
-    store.claim_welcome("c1", touch=False)
+    clock.advance(100)
+    store.claim_welcome("c1")
+    store.claim_welcome("c1")
     record = store.get("c1")
     assert record is not None and record.last_seen == T0
 
 
-@pytest.mark.parametrize("touch", [False, True])
-def test_concurrent_claims_yield_one_winner(store: ConnectionStore, touch: bool) -> None:
+@pytest.mark.parametrize("path", ["claim_welcome", "admit", "both"])
+def test_concurrent_claims_yield_one_winner(store: ConnectionStore, path: str) -> None:
     register(store, "c1")
     barrier = threading.Barrier(8)
     results: list[Claim] = []
     lock = threading.Lock()
 
-    def claim() -> None:
+    def claim(index: int) -> None:
         barrier.wait()
-        result = store.claim_welcome("c1", touch=touch)
+        use_admit = path == "admit" or (path == "both" and index % 2 == 0)
+        result = admit(store, "c1", limit=100).claim if use_admit else store.claim_welcome("c1")
         with lock:
             results.append(result)
 
-    threads = [threading.Thread(target=claim) for _ in range(8)]
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -160,6 +184,8 @@ def test_join_counts_members_including_joiner(store: ConnectionStore) -> None:
     assert store.join("a", "lobby") == 1
     assert store.join("b", "lobby") == 2
     assert store.join("c", "other") == 1
+    assert store.member_count("lobby") == 2
+    assert store.member_count("nobody-here") == 0
 
 
 def test_join_is_idempotent(store: ConnectionStore) -> None:
@@ -167,15 +193,20 @@ def test_join_is_idempotent(store: ConnectionStore) -> None:
     assert store.join("a", "lobby") == 1
     assert store.members("lobby") == ["a"]
     assert store.rooms_of("a") == ["lobby"]
+    assert store.member_count("lobby") == 1
 
 
 def test_leave_reports_membership(store: ConnectionStore) -> None:
     store.join("a", "lobby")
+    store.join("b", "lobby")
     assert store.leave("a", "lobby") is True
     assert store.leave("a", "lobby") is False
     assert store.leave("a", "never") is False
-    assert store.members("lobby") == []
+    assert store.members("lobby") == ["b"]
     assert store.rooms_of("a") == []
+    # A second leave does not decrement again: the count stays exact.
+    assert store.member_count("lobby") == 1
+    assert store.join("a", "lobby") == 2
 
 
 def test_is_member(store: ConnectionStore) -> None:
@@ -196,16 +227,33 @@ def test_members(store: ConnectionStore) -> None:
     store.join("a", "lobby")
     store.join("b", "lobby")
     store.join("c", "other")
-    assert sorted(store.members("lobby")) == ["a", "b"]
+    assert store.members("lobby") == ["a", "b"]
     assert store.members("empty") == []
 
 
 def test_members_of_large_room(store: ConnectionStore) -> None:
-    # Correctness at size; moto pages only at 1 MB, so test_dynamodb.py covers the paging loop.
     ids = [f"conn-{i:04d}" for i in range(150)]
     for i, cid in enumerate(ids, start=1):
         assert store.join(cid, "big") == i
-    assert sorted(store.members("big")) == ids
+    assert store.members("big") == ids
+    assert store.member_count("big") == 150
+
+
+@pytest.mark.parametrize("page_size", [1, 7, 50, 51, 1000])
+def test_member_pages_cover_the_room_once(store: ConnectionStore, page_size: int) -> None:
+    ids = [f"m{i:03d}" for i in range(50)]
+    for cid in ids:
+        store.join(cid, "paged")
+    store.join("zz-other-room", "elsewhere")
+    pages = list(store.member_pages("paged", page_size=page_size))
+    assert all(1 <= len(page) <= page_size for page in pages)
+    assert [cid for page in pages for cid in page] == ids
+    assert list(store.member_pages("empty-room", page_size=page_size)) == []
+
+
+def test_member_pages_rejects_bad_page_size(store: ConnectionStore) -> None:
+    with pytest.raises(ValueError):
+        list(store.member_pages("r", page_size=0))
 
 
 def test_room_names_with_separator_characters(store: ConnectionStore) -> None:
@@ -230,6 +278,8 @@ def test_remove_returns_rooms_and_deletes_everything(store: ConnectionStore) -> 
     assert store.rooms_of("a") == []
     assert not store.is_member("a", "lobby")
     assert store.get("b") is not None
+    assert store.member_count("lobby") == 1
+    assert store.member_count("games") == 0
 
 
 def test_remove_is_idempotent(store: ConnectionStore) -> None:
@@ -238,6 +288,7 @@ def test_remove_is_idempotent(store: ConnectionStore) -> None:
     assert store.remove("a") == ["lobby"]
     assert store.remove("a") == []
     assert store.remove("never-registered") == []
+    assert store.member_count("lobby") == 0
 
 
 def test_remove_connection_in_many_rooms(store: ConnectionStore) -> None:
@@ -269,23 +320,57 @@ def test_idle_connections_respects_cutoff_and_order(
     assert store.idle_connections(1000) == []
 
 
+def test_idle_connections_carry_what_the_sweep_needs(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    store.register("c1", connected_at=T0, endpoint="https://e/api")
+    clock.advance(100)
+    [idle] = store.idle_connections(50)
+    assert (idle.connection_id, idle.connected_at, idle.last_seen, idle.endpoint) == (
+        "c1", T0, T0, "https://e/api")
+
+
 def test_idle_connections_limit(store: ConnectionStore, clock: FakeClock) -> None:
-    for i in range(5):
-        register(store, f"c{i}", at=T0 + i)
+    for i in range(40):
+        register(store, f"c{i:02d}", at=T0 + i)
         clock.advance(1)
     clock.advance(100)
-    idle = store.idle_connections(50, limit=2)
-    assert [r.connection_id for r in idle] == ["c0", "c1"]
+    idle = store.idle_connections(50, limit=3)
+    assert [r.connection_id for r in idle] == ["c00", "c01", "c02"]
 
 
 def test_activity_makes_connection_not_idle(store: ConnectionStore, clock: FakeClock) -> None:
     register(store, "a")
     register(store, "b")
     clock.advance(100)
-    store.claim_welcome("a", touch=True)
+    admit(store, "a")
     idle = store.idle_connections(50)
     assert [r.connection_id for r in idle] == ["b"]
     assert idle[0].last_seen == T0
+
+
+def test_mark_checked_moves_a_record_to_the_back(
+    store: ConnectionStore, clock: FakeClock
+) -> None:
+    for cid in ("a", "b", "c"):
+        register(store, cid)
+        clock.advance(1)
+    clock.advance(100)
+    assert store.mark_checked("a") is True
+    assert [r.connection_id for r in store.idle_connections(50)] == ["b", "c"]
+    clock.advance(100)
+    assert [r.connection_id for r in store.idle_connections(50)] == ["b", "c", "a"]
+    assert store.mark_checked("nobody") is False
+    assert store.get("nobody") is None
+
+
+def test_past_limit(store: ConnectionStore, clock: FakeClock) -> None:
+    register(store, "c1")
+    clock.advance(MAX_CONNECTION_SECONDS - 1)
+    [idle] = store.idle_connections(0)
+    assert not store.is_past_limit(idle)
+    clock.advance(1)
+    assert store.is_past_limit(idle)
 
 
 # ---------------------------------------------------------------- message rate (fixed window)
@@ -295,56 +380,89 @@ def _window_start(clock: FakeClock, window: int) -> None:
     clock.advance(window - clock() % window)
 
 
-def test_admit_message_counts_up_to_the_limit(store: ConnectionStore, clock: FakeClock) -> None:
+def test_admit_counts_up_to_the_limit(store: ConnectionStore, clock: FakeClock) -> None:
     _window_start(clock, 10)
     register(store, "c1")
-    assert [store.admit_message("c1", limit=3, window_seconds=10) for _ in range(5)] == [
+    assert [admit(store, "c1", limit=3).admitted for _ in range(5)] == [
         True, True, True, False, False
     ]
     clock.advance(9.5)
-    assert store.admit_message("c1", limit=3, window_seconds=10) is False
+    assert admit(store, "c1", limit=3).admitted is False
 
 
-def test_admit_message_recovers_in_the_next_window(
+def test_admit_recovers_in_the_next_window(store: ConnectionStore, clock: FakeClock) -> None:
+    _window_start(clock, 10)
+    register(store, "c1")
+    for _ in range(4):
+        admit(store, "c1", limit=2)
+    clock.advance(10)
+    # Refused messages were not counted: the new window starts from zero.
+    assert [admit(store, "c1", limit=2).admitted for _ in range(3)] == [True, True, False]
+
+
+def test_admit_with_the_limit_off_always_admits(store: ConnectionStore) -> None:
+    register(store, "c1")
+    assert all(admit(store, "c1", limit=0).admitted for _ in range(20))
+    record = store.get("c1")
+    assert record is not None and record.rate_count == 0
+
+
+def test_rate_limited_message_still_gets_the_welcome(
     store: ConnectionStore, clock: FakeClock
 ) -> None:
     _window_start(clock, 10)
-    for _ in range(4):
-        store.admit_message("c1", limit=2, window_seconds=10)
-    clock.advance(10)
-    # Refused messages were not counted: the new window starts from zero.
-    assert [store.admit_message("c1", limit=2, window_seconds=10) for _ in range(3)] == [
-        True, True, False
-    ]
+    register(store, "c1")
+    assert store.claim_welcome("c1") is Claim.CLAIMED
+    store.remove("c1")
+    register(store, "c1")
+    # A fresh record is welcomed on the first message even if it is over the limit.
+    first = admit(store, "c1", limit=1)
+    assert (first.claim, first.admitted) == (Claim.CLAIMED, True)
+    second = admit(store, "c1", limit=1)
+    assert (second.claim, second.admitted) == (Claim.ALREADY_CLAIMED, False)
 
 
-def test_admit_message_is_per_connection(store: ConnectionStore, clock: FakeClock) -> None:
+def test_admit_is_per_connection(store: ConnectionStore, clock: FakeClock) -> None:
     _window_start(clock, 10)
-    assert store.admit_message("a", limit=1, window_seconds=10) is True
-    assert store.admit_message("a", limit=1, window_seconds=10) is False
-    assert store.admit_message("b", limit=1, window_seconds=10) is True
+    register(store, "a")
+    register(store, "b")
+    assert admit(store, "a", limit=1).admitted is True
+    assert admit(store, "a", limit=1).admitted is False
+    assert admit(store, "b", limit=1).admitted is True
+
+
+def test_register_again_keeps_the_rate_counter(store: ConnectionStore, clock: FakeClock) -> None:
+    _window_start(clock, 10)
+    register(store, "c1")
+    assert admit(store, "c1", limit=1).admitted is True
+    register(store, "c1")  # a healing re-registration must not reset the limit
+    assert admit(store, "c1", limit=1).admitted is False
 
 
 def test_remove_resets_the_message_rate(store: ConnectionStore, clock: FakeClock) -> None:
     _window_start(clock, 10)
     register(store, "c1")
     store.join("c1", "lobby")
-    assert store.admit_message("c1", limit=1, window_seconds=10) is True
-    assert store.remove("c1") == ["lobby"]  # the counter is not mistaken for a room
-    assert store.admit_message("c1", limit=1, window_seconds=10) is True
+    assert admit(store, "c1", limit=1).admitted is True
+    assert store.remove("c1") == ["lobby"]
+    register(store, "c1")
+    assert admit(store, "c1", limit=1).admitted is True
 
 
-def test_admit_message_rejects_bad_arguments(store: ConnectionStore) -> None:
+def test_admit_rejects_bad_arguments(store: ConnectionStore) -> None:
     with pytest.raises(ValueError):
-        store.admit_message("", limit=1, window_seconds=1)
+        admit(store, "", limit=1)
     with pytest.raises(ValueError):
-        store.admit_message("c1", limit=0, window_seconds=1)
+        store.admit("c1", rate_limit=-1, window_seconds=1)
+    with pytest.raises(ValueError):
+        store.admit("c1", rate_limit=1, window_seconds=0)
 
 
 def test_concurrent_admits_never_exceed_the_limit(
     store: ConnectionStore, clock: FakeClock
 ) -> None:
     _window_start(clock, 60)
+    register(store, "c1")
     results: list[bool] = []
     lock = threading.Lock()
     barrier = threading.Barrier(8)
@@ -352,7 +470,7 @@ def test_concurrent_admits_never_exceed_the_limit(
     def worker() -> None:
         barrier.wait(timeout=10)
         for _ in range(5):
-            admitted = store.admit_message("c1", limit=17, window_seconds=60)
+            admitted = admit(store, "c1", limit=17, window=60).admitted
             with lock:
                 results.append(admitted)
 

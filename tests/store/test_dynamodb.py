@@ -19,8 +19,10 @@ from chalicelib.store import Claim, TransientStoreError
 from chalicelib.store.base import DEFAULT_ATTEMPTS, expires_at
 from chalicelib.store.dynamodb import (
     LAST_SEEN_INDEX,
+    SWEEP_SHARDS,
     TTL_ATTRIBUTE,
     DynamoDbStore,
+    sweep_shard,
     table_definition,
 )
 
@@ -130,36 +132,105 @@ def test_condition_failure_on_claim_is_already_claimed(
             "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
         },
     )
-    assert store.claim_welcome("c1", touch=False) is Claim.ALREADY_CLAIMED
+    assert store.claim_welcome("c1") is Claim.ALREADY_CLAIMED
 
 
 def test_condition_failure_without_item_is_unknown(stubber: Stubber, store: DynamoDbStore) -> None:
     stubber.add_client_error("update_item", service_error_code="ConditionalCheckFailedException")
-    assert store.claim_welcome("c1", touch=False) is Claim.UNKNOWN
+    assert store.claim_welcome("c1") is Claim.UNKNOWN
 
 
-def test_message_after_welcome_costs_one_write(stubber: Stubber, store: DynamoDbStore) -> None:
-    stubber.add_response("update_item", {})
-    assert store.claim_welcome("c1", touch=True) is Claim.ALREADY_CLAIMED
+def meta_item(*, welcomed: bool, rate_window: int = 0, rate_count: int = 0,
+              last_seen: float = T0) -> dict[str, Any]:
+    item = live_item(welcomed=welcomed)
+    item["lastSeen"] = {"N": str(last_seen)}
+    item["rateWindow"] = {"N": str(rate_window)}
+    item["rateCount"] = {"N": str(rate_count)}
+    return item
 
 
-def test_first_message_costs_two_writes(stubber: Stubber, store: DynamoDbStore) -> None:
-    stubber.add_client_error(
-        "update_item",
-        service_error_code="ConditionalCheckFailedException",
-        modeled_fields={"Item": live_item(welcomed=False)},
-    )
-    stubber.add_response("update_item", {})
-    assert store.claim_welcome("c1", touch=True) is Claim.CLAIMED
+def expect_update(stubber: Stubber, check: Any) -> None:
+    """Expect one conditional update_item; ``check(params)`` inspects what it writes."""
+
+    class Inspect:
+        def __eq__(self, other: object) -> bool:
+            check(other)
+            return True
+
+    stubber.add_response("update_item", {}, {
+        "TableName": TABLE, "Key": {"pk": {"S": "conn#c1"}, "sk": {"S": "meta"}},
+        "UpdateExpression": Inspect(), "ConditionExpression": ANY,
+        "ExpressionAttributeValues": ANY, "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    })
 
 
-def test_members_queries_every_page(stubber: Stubber, store: DynamoDbStore) -> None:
+def test_steady_message_is_one_read_and_one_write_without_an_index_move(
+    stubber: Stubber, store: DynamoDbStore
+) -> None:
+    # The Stubber fails on any call not listed: exactly one GetItem and one UpdateItem.
+    window = int(T0 // 10) * 10
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=True, rate_window=window,
+                                                         rate_count=3)})
+
+    def writes_only_the_counter(update: object) -> None:
+        assert update == "SET rateWindow = :rw, rateCount = :rc"  # lastSeen untouched: no index
+
+    expect_update(stubber, writes_only_the_counter)
+    admission = store.admit("c1", rate_limit=10, window_seconds=10)
+    assert (admission.claim, admission.admitted) == (Claim.ALREADY_CLAIMED, True)
+
+
+def test_rate_limited_message_is_one_read_and_no_write(
+    stubber: Stubber, store: DynamoDbStore
+) -> None:
+    window = int(T0 // 10) * 10
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=True, rate_window=window,
+                                                         rate_count=10)})
+    admission = store.admit("c1", rate_limit=10, window_seconds=10)
+    assert admission.admitted is False
+
+
+def test_first_message_folds_the_claim_into_the_one_write(
+    stubber: Stubber, store: DynamoDbStore
+) -> None:
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=False)})
+
+    def claims_and_counts(update: object) -> None:
+        assert isinstance(update, str)
+        assert "welcomedAt = :now" in update and "rateCount = :rc" in update
+
+    expect_update(stubber, claims_and_counts)
+    assert store.admit("c1", rate_limit=10, window_seconds=10).claim is Claim.CLAIMED
+
+
+def test_stale_activity_moves_the_index_once(stubber: Stubber, store: DynamoDbStore) -> None:
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=True, last_seen=T0 - 61)})
+
+    def moves_last_seen(update: object) -> None:
+        assert update == "SET lastSeen = :seen"
+
+    expect_update(stubber, moves_last_seen)
+    store.admit("c1", rate_limit=0, window_seconds=10)
+
+
+def test_lost_race_reads_again(stubber: Stubber, store: DynamoDbStore) -> None:
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=False)})
+    stubber.add_client_error("update_item", service_error_code="ConditionalCheckFailedException")
+    # Someone else claimed the welcome in between: the second round sees it and does not claim.
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=True)})
+    expect_update(stubber, lambda update: None)
+    assert store.admit("c1", rate_limit=5, window_seconds=10).claim is Claim.ALREADY_CLAIMED
+
+
+def test_member_pages_query_one_page_at_a_time(stubber: Stubber, store: DynamoDbStore) -> None:
     expected = {
         "TableName": TABLE,
-        "KeyConditionExpression": ANY,
-        "ExpressionAttributeValues": {":pk": {"S": "room#lobby"}, ":conn": {"S": "conn#"}},
+        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :low AND :high",
+        "ExpressionAttributeValues": {":pk": {"S": "room#lobby"}, ":low": {"S": "conn#"},
+                                      ":high": {"S": "conn$"}},
         "ProjectionExpression": "sk",
         "ConsistentRead": True,
+        "Limit": 2,
     }
     last_key = {"pk": {"S": "room#lobby"}, "sk": {"S": "conn#b"}}
     stubber.add_response(
@@ -169,40 +240,79 @@ def test_members_queries_every_page(stubber: Stubber, store: DynamoDbStore) -> N
     )
     stubber.add_response(
         "query",
-        {"Items": [{"sk": {"S": "conn#c"}}]},
-        {**expected, "ExclusiveStartKey": last_key},
+        {"Items": [{"sk": {"S": "conn#b"}}, {"sk": {"S": "conn#c"}}]},
+        {**expected, "Limit": 3, "ExpressionAttributeValues": {
+            ":pk": {"S": "room#lobby"}, ":low": {"S": "conn#b"}, ":high": {"S": "conn$"}}},
     )
-    assert store.members("lobby") == ["a", "b", "c"]
+    assert list(store.member_pages("lobby", page_size=2)) == [["a", "b"], ["c"]]
 
 
-def test_idle_connections_queries_the_index(stubber: Stubber, store: DynamoDbStore) -> None:
-    stubber.add_response(
-        "query",
-        {"Items": [live_item("old", welcomed=False)]},
-        {
-            "TableName": TABLE,
-            "IndexName": LAST_SEEN_INDEX,
-            "KeyConditionExpression": ANY,
-            "ExpressionAttributeValues": ANY,
-            "ScanIndexForward": True,
-            "Limit": 10,
-        },
-    )
-    assert [r.connection_id for r in store.idle_connections(60, limit=10)] == ["old"]
+def test_idle_connections_queries_every_shard_of_the_index(
+    stubber: Stubber, store: DynamoDbStore
+) -> None:
+    for shard in range(SWEEP_SHARDS):
+        items = [live_item(f"old{shard}", welcomed=False)] if shard in (3, 17) else []
+        stubber.add_response(
+            "query",
+            {"Items": items},
+            {
+                "TableName": TABLE,
+                "IndexName": LAST_SEEN_INDEX,
+                "KeyConditionExpression": "sweepShard = :shard AND lastSeen <= :cutoff",
+                "ExpressionAttributeValues": {":shard": {"S": f"{shard:02d}"}, ":cutoff": ANY},
+                "ScanIndexForward": True,
+                "Limit": 10,
+            },
+        )
+    assert sorted(r.connection_id for r in store.idle_connections(60, limit=10)) == [
+        "old17", "old3"]
+
+
+def test_sweep_shards_spread_connections() -> None:
+    shards = {sweep_shard(f"conn-{i}") for i in range(2000)}
+    assert shards == {f"{n:02d}" for n in range(SWEEP_SHARDS)}
+    assert sweep_shard("abc") == sweep_shard("abc")
 
 
 def test_remove_resends_unprocessed_items(
     stubber: Stubber, store: DynamoDbStore, sleep: RecordingSleep
 ) -> None:
     stubber.add_response("query", {"Items": [{"sk": {"S": "meta"}}, {"sk": {"S": "room#lobby"}}]})
-    mirror = {"DeleteRequest": {"Key": {"pk": {"S": "room#lobby"}, "sk": {"S": "conn#c1"}}}}
-    stubber.add_response("batch_write_item", {"UnprocessedItems": {TABLE: [mirror]}})
+    # The room side and the room's counter go in one transaction.
+    stubber.add_response("transact_write_items", {})
+    meta = {"DeleteRequest": {"Key": {"pk": {"S": "conn#c1"}, "sk": {"S": "meta"}}}}
+    stubber.add_response("batch_write_item", {"UnprocessedItems": {TABLE: [meta]}})
     stubber.add_response(
-        "batch_write_item", {"UnprocessedItems": {}}, {"RequestItems": {TABLE: [mirror]}}
+        "batch_write_item", {"UnprocessedItems": {}}, {"RequestItems": {TABLE: [meta]}}
     )
-    stubber.add_response("batch_write_item", {"UnprocessedItems": {}})
     assert store.remove("c1") == ["lobby"]
     assert len(sleep.calls) == 1
+
+
+def test_leave_of_a_non_member_changes_no_counter(stubber: Stubber, store: DynamoDbStore) -> None:
+    stubber.add_client_error(
+        "transact_write_items",
+        service_error_code="TransactionCanceledException",
+        modeled_fields={"CancellationReasons": [{"Code": "ConditionalCheckFailed"},
+                                                {"Code": "None"}]},
+    )
+    stubber.add_response("delete_item", {})
+    assert store.leave("c1", "lobby") is False
+
+
+def test_transaction_conflict_is_transient(
+    stubber: Stubber, store: DynamoDbStore, sleep: RecordingSleep
+) -> None:
+    for _ in range(DEFAULT_ATTEMPTS):
+        stubber.add_client_error(
+            "transact_write_items",
+            service_error_code="TransactionCanceledException",
+            modeled_fields={"CancellationReasons": [{"Code": "TransactionConflict"},
+                                                    {"Code": "None"}]},
+        )
+    with pytest.raises(TransientStoreError):
+        store.leave("c1", "lobby")
+    assert len(sleep.calls) == DEFAULT_ATTEMPTS - 1
 
 
 def test_table_definition_shape() -> None:
@@ -231,15 +341,24 @@ def test_items_carry_ttl_and_index_keys() -> None:
         raw.create_table(**table_definition("t2"))
         store = DynamoDbStore("t2", raw, clock=FakeClock())
         store.register("c1", connected_at=T0, user="alice")
-        store.join("c1", "lobby")
+        store.join("c1", "lobby", user="alice")
         items = raw.scan(TableName="t2")["Items"]  # the test may scan; the store never does
-        assert len(items) == 3
+        # meta, the connection's side, the room's side, the room's counter
+        assert sorted((i["pk"]["S"], i["sk"]["S"]) for i in items) == [
+            ("conn#c1", "meta"), ("conn#c1", "room#lobby"),
+            ("room#lobby", "conn#c1"), ("room#lobby", "count")]
         assert all(TTL_ATTRIBUTE in item for item in items)
         assert all(item[TTL_ATTRIBUTE]["N"].isdigit() for item in items)
         meta = next(item for item in items if item["sk"]["S"] == "meta")
-        assert meta["gsi1pk"] == {"S": "conn"}
-        assert float(meta["gsi1sk"]["N"]) == T0
+        assert meta["sweepShard"] == {"S": sweep_shard("c1")}
+        assert float(meta["lastSeen"]["N"]) == T0
         assert int(meta[TTL_ATTRIBUTE]["N"]) == int(expires_at(T0))
         assert "welcomedAt" not in meta
-        # Membership items stay out of the sparse index.
-        assert sum("gsi1pk" in item for item in items) == 1
+        member = next(item for item in items if item["sk"]["S"] == "conn#c1")
+        assert member["user"] == {"S": "alice"}
+        # Only connection records are in the sweep index (the index is sparse).
+        assert sum("sweepShard" in item for item in items) == 1
+        index = raw.query(TableName="t2", IndexName=LAST_SEEN_INDEX,
+                          KeyConditionExpression="sweepShard = :s",
+                          ExpressionAttributeValues={":s": {"S": sweep_shard("c1")}})["Items"]
+        assert set(index[0]) == {"pk", "sk", "sweepShard", "lastSeen", "connectedAt", "endpoint"}

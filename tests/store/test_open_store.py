@@ -52,7 +52,7 @@ def test_sqlite_absolute_path(tmp_path: Path) -> None:
     assert store.path == path
     store.register("c1", connected_at=T0)
     again = open_store(f"sqlite:///{path}", environ={}, clock=FakeClock())
-    assert again.claim_welcome("c1", touch=False) is Claim.CLAIMED
+    assert again.claim_welcome("c1") is Claim.CLAIMED
 
 
 def test_dynamodb_uses_injected_client() -> None:
@@ -65,7 +65,7 @@ def test_dynamodb_uses_injected_client() -> None:
         assert isinstance(store, DynamoDbStore)
         assert store.table_name == "conns"
         store.register("c1", connected_at=T0)
-        assert store.claim_welcome("c1", touch=True) is not Claim.UNKNOWN
+        assert store.admit("c1", rate_limit=0, window_seconds=1).claim is not Claim.UNKNOWN
 
 
 def test_dynamodb_without_client_is_lazy() -> None:

@@ -23,7 +23,7 @@ def _claim_in_child(path: str, barrier: Any, results: Any) -> None:
     """Runs in a spawned process: open the store independently, then race the others."""
     store = SqliteStore(path)
     barrier.wait()
-    results.put(store.claim_welcome("c1", touch=True).value)
+    results.put(store.admit("c1", rate_limit=100, window_seconds=10).claim.value)
 
 
 def test_claim_is_exactly_once_across_processes(tmp_path: Path) -> None:
@@ -62,8 +62,8 @@ def test_state_is_shared_between_store_instances(tmp_path: Path) -> None:
     second = SqliteStore(tmp_path / "s.db", clock=clock)
     first.register("c1", connected_at=T0)
     first.join("c1", "lobby")
-    assert second.claim_welcome("c1", touch=False) is Claim.CLAIMED
-    assert first.claim_welcome("c1", touch=False) is Claim.ALREADY_CLAIMED
+    assert second.claim_welcome("c1") is Claim.CLAIMED
+    assert first.claim_welcome("c1") is Claim.ALREADY_CLAIMED
     assert second.members("lobby") == ["c1"]
 
 
@@ -75,12 +75,12 @@ def test_locked_database_is_transient(tmp_path: Path) -> None:
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
     try:
         with pytest.raises(TransientStoreError, match="locked"):
-            store.claim_welcome("c1", touch=True)
+            store.claim_welcome("c1")
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     # The failed transaction was rolled back: the connection is usable again.
-    assert store.claim_welcome("c1", touch=True) is Claim.CLAIMED
+    assert store.claim_welcome("c1") is Claim.CLAIMED
 
 
 def test_unopenable_path_is_store_error(tmp_path: Path) -> None:
@@ -89,3 +89,20 @@ def test_unopenable_path_is_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         SqliteStore(directory)
     assert not isinstance(info.value, TransientStoreError)
+
+
+def test_a_file_of_an_older_schema_is_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE connections (connection_id TEXT PRIMARY KEY)")
+    conn.execute("CREATE TABLE message_rates (connection_id TEXT PRIMARY KEY)")
+    conn.execute("INSERT INTO connections VALUES ('stale')")
+    conn.commit()
+    conn.close()
+    store = SqliteStore(path)
+    assert store.get("stale") is None
+    store.register("c1", connected_at=T0)
+    assert store.admit("c1", rate_limit=1, window_seconds=10).admitted
+    tables = {row[0] for row in sqlite3.connect(path).execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"connections", "memberships"}
