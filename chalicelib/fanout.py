@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from chalicelib.errors import BadEventError, WsAppError
 from chalicelib.queues import QueueAddress
 
@@ -176,7 +178,7 @@ class FanOutQueue:
                 response = self.client.send_message_batch(
                     QueueUrl=self.address.url, Entries=[entries[key] for key in pending]
                 )
-            except Exception as exc:  # botocore errors and network failures alike
+            except (ClientError, BotoCoreError) as exc:  # refused, or the network failed
                 raise FanOutQueueError(f"fan-out queue refused a batch: {exc}") from exc
             failed = response.get("Failed", [])
             # Sender faults (a malformed entry) never get better; only resend the others.

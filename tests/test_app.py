@@ -115,13 +115,22 @@ def test_follow_up_prunes_a_gone_connection_and_sends_nothing(harness: AppHarnes
     assert harness.store.members("lobby") == []
 
 
-def test_follow_up_that_cannot_verify_raises_for_redelivery(harness: AppHarness) -> None:
-    connection_id = harness.connect()
-    harness.api.script(connection_id, 403)
-    with pytest.raises(RuntimeError, match=connection_id):
-        _follow_up(harness, connection_id)
-    assert harness.store.get(connection_id) is not None  # 403 never prunes
-    assert harness.api.types(connection_id) == []
+def test_follow_up_that_cannot_verify_is_reported_for_redelivery_alone(
+    harness: AppHarness,
+) -> None:
+    undecided = harness.connect()
+    fine = harness.connect()
+    harness.api.script(undecided, 403)
+    event = sqs_event(*(
+        json.dumps({"connectionId": cid, "endpoint": harness.api.endpoint})
+        for cid in (undecided, fine)
+    ))
+    result = harness.invoke("welcome_follow_up", event)
+    # Partial batch failure: only the undecided record goes back to the queue.
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["messageId"]}]}
+    assert harness.store.get(undecided) is not None  # 403 never prunes
+    assert harness.api.types(undecided) == []
+    assert harness.api.types(fine) == ["welcome"]
 
 
 def test_malformed_follow_up_is_dropped_not_retried(harness: AppHarness) -> None:
@@ -181,7 +190,7 @@ def test_rooms_join_send_leave_whoami(harness: AppHarness) -> None:
     sent = harness.send(a, {"action": "send", "room": "lobby", "data": {"text": "hi"}, "id": "s1"})
     assert sent == {
         "type": "sent",
-        "data": {"room": "lobby", "delivered": 1, "gone": 0, "failed": 0},
+        "data": {"room": "lobby", "delivered": 1, "gone": 0, "failed": 0, "queued": 0},
         "id": "s1",
     }
     assert harness.api.received(b)[-1] == {
@@ -203,7 +212,7 @@ def test_gone_member_is_pruned_alone_while_others_receive(harness: AppHarness) -
         harness.join(cid, "lobby")
     harness.api.close(stale)  # gone without $disconnect
     sent = harness.send(sender, {"action": "send", "room": "lobby", "data": "x"})
-    assert sent["data"] == {"room": "lobby", "delivered": 1, "gone": 1, "failed": 0}
+    assert sent["data"] == {"room": "lobby", "delivered": 1, "gone": 1, "failed": 0, "queued": 0}
     assert harness.api.received(live)[-1]["data"]["data"] == "x"
     assert sorted(harness.store.members("lobby")) == sorted([sender, live])
     assert harness.store.get(stale) is None
@@ -221,7 +230,7 @@ def test_forbidden_does_not_prune(harness: AppHarness) -> None:
     harness.join(member, "r")
     harness.api.script(member, 403)
     sent = harness.send(sender, {"action": "send", "room": "r", "data": 1})
-    assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 1}
+    assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 1, "queued": 0}
     assert len(harness.api.calls_on(member, "POST")) == 3  # join welcome+reply, then one 403
     assert member in harness.store.members("r")
 
@@ -249,7 +258,7 @@ def test_retries_stop_at_the_bound(harness: AppHarness, monkeypatch: pytest.Monk
     posts_before = len(harness.api.calls_on(member, "POST"))
     harness.api.script(member, *([500] * 10))
     sent = harness.send(sender, {"action": "send", "room": "r", "data": 1})
-    assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 1}
+    assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 1, "queued": 0}
     assert len(harness.api.calls_on(member, "POST")) - posts_before == 3
     assert member in harness.store.members("r")
 
@@ -376,7 +385,7 @@ def test_sweep_prunes_only_connections_reported_gone(
                                       "time": "2024-11-11T13:45:46Z", "detail": {},
                                       "resources": [], "id": "1", "region": "us-east-1",
                                       "account": "123456789012", "version": "0"})
-    assert report == {"checked": 2, "pruned": 1, "unknown": 0}
+    assert report == {"checked": 2, "pruned": 1, "unknown": 0, "expired": 0}
     assert harness.store.get(alive) is not None
     assert harness.store.get(stale) is None
     assert harness.store.members("r") == []
@@ -422,7 +431,7 @@ def test_server_push_reaches_every_member(harness: AppHarness) -> None:
         body=json.dumps({"data": {"headline": "up"}}),
     )
     assert response.status_code == 200
-    assert json.loads(response.body) == {"delivered": 2, "gone": 1, "failed": 0}
+    assert json.loads(response.body) == {"delivered": 2, "gone": 1, "failed": 0, "queued": 0}
     for cid in (a, b):
         assert harness.api.received(cid)[-1] == {
             "type": "message",

@@ -53,7 +53,7 @@ def test_gone_and_forbidden_are_never_retried_inside_a_faulty_fan_out(
     harness.api.script(throttled, 429, 429)
     harness.api.script(flaky, 500, 500, 500)  # succeeds on the 4th (last) attempt
     sent = harness.send(sender, {"action": "send", "room": "r", "data": "x"})
-    assert sent["data"] == {"room": "r", "delivered": 3, "gone": 1, "failed": 1}
+    assert sent["data"] == {"room": "r", "delivered": 3, "gone": 1, "failed": 1, "queued": 0}
     attempts = {cid: _posts(harness, cid) - n for cid, n in before.items()}
     assert attempts == {gone: 1, forbidden: 1, throttled: 3, flaky: 4, fine: 1}
     # 410 pruned exactly that member; 403 pruned nobody.
@@ -72,16 +72,16 @@ def test_a_500_window_reports_failed_then_members_receive_again(
         harness.api.script(cid, *([500] * 6))
     for n in range(2):
         sent = harness.send(sender, {"action": "send", "room": "r", "data": {"n": n}})
-        assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 3}
+        assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 3, "queued": 0}
     pushed = harness.client.http.post(
         "/rooms/r/messages", headers={"Content-Type": "application/json"},
         body=json.dumps({"data": {"n": "push"}}),
     )
     # The window is over (each member's script is used up): everything arrives again (a push
     # also reaches the sender, who is a member too).
-    assert json.loads(pushed.body) == {"delivered": 4, "gone": 0, "failed": 0}
+    assert json.loads(pushed.body) == {"delivered": 4, "gone": 0, "failed": 0, "queued": 0}
     sent = harness.send(sender, {"action": "send", "room": "r", "data": {"n": 2}})
-    assert sent["data"] == {"room": "r", "delivered": 3, "gone": 0, "failed": 0}
+    assert sent["data"] == {"room": "r", "delivered": 3, "gone": 0, "failed": 0, "queued": 0}
     for cid in members:
         assert _posts(harness, cid) - before[cid] == 2 * 3 + 2  # bound exactly, then one each
         got = [f["data"]["data"] for f in harness.api.received(cid) if f["type"] == "message"]

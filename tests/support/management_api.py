@@ -143,6 +143,8 @@ class FakeManagementApi:
                 self.frames[connection_id].append(json.loads(body))
         if status in _ERRORS:
             return status, {"message": _ERRORS[status]}
+        if status >= 400:
+            return status, {"message": f"error {status}"}
         if method == "GET":
             return 200, {
                 "connectedAt": "2024-11-11T13:45:35.513Z",
