@@ -2,7 +2,7 @@
 
     python -m deploy.package --stage prod OUTDIR
 
-1. Builds the merge template: ``deploy/resources.json`` (table, queue, dead-letter queue) with its
+1. Builds the merge template: ``deploy/resources.json`` (table, queues, dead-letter queues) with its
    ``Stage`` parameter pinned to ``--stage``, plus the changes to Chalice's own resources that
    only CloudFormation can express: each function's role policy on this stack's ARNs
    (:func:`deploy.policies.cfn_policy`), the follow-up's event source bound to the queue's
@@ -79,13 +79,22 @@ AUTH_PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
     }),
 }
 #: WebSocket stage throttling (requests per second, steady rate and burst), refused by API
-#: Gateway before any Lambda runs.  ``$connect`` gets tighter limits than the other routes.
+#: Gateway before any Lambda runs.  ``$connect`` gets its own, tighter limits.  Defaults come from
+#: the capacity model (docs/capacity.md): every inbound message and every delivery it causes
+#: count against the account's 10,000 requests/s (5,000 burst) per Region, so inbound messages
+#: get 2,000/s (a room of 4 already turns that into the account's rate) and ``$connect`` gets
+#: the account's default new-connection rate of 500/s.
 THROTTLING_PARAMETERS: dict[str, tuple[str, int]] = {
-    "WebsocketThrottlingBurstLimit": ("burst of requests, every route (default settings)", 200),
-    "WebsocketThrottlingRateLimit": ("steady requests per second, every route", 100),
-    "ConnectThrottlingBurstLimit": ("burst of $connect requests", 50),
-    "ConnectThrottlingRateLimit": ("steady $connect requests per second", 20),
+    "WebsocketThrottlingBurstLimit": ("burst of requests, every route (default settings)", 4000),
+    "WebsocketThrottlingRateLimit": ("steady requests per second, every route", 2000),
+    "ConnectThrottlingBurstLimit": ("burst of $connect requests", 500),
+    "ConnectThrottlingRateLimit": ("steady $connect requests per second", 500),
 }
+#: Concurrent fan-out workers (the event source mapping's MaximumConcurrency, 2..1000).  One
+#: worker with a full vCPU posts about 1,600 messages/s (0.62 ms of CPU per post, measured by
+#: ``make bench``); three stay under 5,000 posts/s, half the account's 10,000 requests/s, and
+#: deliver a 100,000-member room in about 21 s (docs/capacity.md).
+FANOUT_MAX_CONCURRENCY = 3
 #: Chalice's logical id of the WebSocket API's stage.
 WEBSOCKET_STAGE = "WebsocketAPIStage"
 
@@ -109,6 +118,8 @@ def merge_template(stage: str) -> dict[str, Any]:
                 "CONNECTIONS_STORE": {"Fn::Sub": "dynamodb://${ConnectionsTable}"},
                 "WELCOME_QUEUE_URL": {"Ref": "WelcomeQueue"},
                 "WELCOME_QUEUE_NAME": {"Fn::GetAtt": ["WelcomeQueue", "QueueName"]},
+                "FANOUT_QUEUE_URL": {"Ref": "FanOutQueue"},
+                "FANOUT_QUEUE_NAME": {"Fn::GetAtt": ["FanOutQueue", "QueueName"]},
                 "WS_MANAGEMENT_ENDPOINT": {"Fn::Sub": endpoint},
                 **{variable: {"Ref": parameter}
                    for parameter, (variable, _definition) in AUTH_PARAMETERS.items()},
@@ -128,8 +139,15 @@ def merge_template(stage: str) -> dict[str, Any]:
         }]}}
     # Chalice writes the queue as {"Fn::Sub": "arn:...:<name>"}; the merge is a deep merge, so
     # the override must use the same key (a GetAtt would end up next to the Sub).
+    # Both consumers return {"batchItemFailures": [...]}: only those records are redelivered.
     resources["WelcomeFollowUp"]["Properties"]["Events"] = {"WelcomeFollowUpSqsEventSource": {
-        "Properties": {"Queue": {"Fn::Sub": "${WelcomeQueue.Arn}"}},
+        "Properties": {"Queue": {"Fn::Sub": "${WelcomeQueue.Arn}"},
+                       "FunctionResponseTypes": ["ReportBatchItemFailures"]},
+    }}
+    resources["FanOutWorker"]["Properties"]["Events"] = {"FanOutWorkerSqsEventSource": {
+        "Properties": {"Queue": {"Fn::Sub": "${FanOutQueue.Arn}"},
+                       "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                       "ScalingConfig": {"MaximumConcurrency": {"Ref": "FanOutMaxConcurrency"}}},
     }}
     template["Outputs"]["ManagementEndpoint"] = {"Value": {"Fn::Sub": endpoint}}
     template["Parameters"].update(
@@ -137,6 +155,11 @@ def merge_template(stage: str) -> dict[str, Any]:
     template["Parameters"].update({
         parameter: {"Type": "Number", "Default": default, "MinValue": 1, "Description": text}
         for parameter, (text, default) in THROTTLING_PARAMETERS.items()})
+    template["Parameters"]["FanOutMaxConcurrency"] = {
+        "Type": "Number", "Default": FANOUT_MAX_CONCURRENCY, "MinValue": 2, "MaxValue": 1000,
+        "Description": "concurrent fan-out workers; each posts ~1,600 messages/s, and all"
+                       " @connections calls share the account's 10,000 requests/s",
+    }
     # Data trace logging stays off: it would log full requests, token query strings included.
     resources[WEBSOCKET_STAGE] = {"Properties": {
         "DefaultRouteSettings": {

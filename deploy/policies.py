@@ -11,12 +11,16 @@
 
 What the code calls (keep in sync with ``chalicelib``; ``tests/deploy`` checks the lists):
 
-* DynamoDB (``chalicelib/store/dynamodb.py``): GetItem, UpdateItem, DeleteItem, Query,
-  BatchWriteItem on the table; Query on the ``by-last-seen`` index (the sweep).
-* SQS (``chalicelib/welcome.py``): SendMessage on the welcome queue; GetQueueUrl only when
-  ``WELCOME_QUEUE_URL`` is a bare name (the static policies; the template passes the URL).
-  The follow-up's event source mapping polls with the function's role: ReceiveMessage,
-  DeleteMessage, GetQueueAttributes, on that queue, for that function only.
+* DynamoDB (``chalicelib/store/dynamodb.py``): GetItem, PutItem, UpdateItem, DeleteItem, Query,
+  BatchWriteItem on the table (TransactWriteItems has no IAM action of its own: it is authorised
+  by the Put/Update/Delete actions of its items); Query on the ``by-last-seen`` index (the
+  sweep).
+* SQS (``chalicelib/welcome.py``, ``chalicelib/fanout.py``): SendMessage on the welcome queue;
+  SendMessage (SendMessageBatch is authorised as SendMessage) on the fan-out queue for the
+  functions that deliver to rooms; GetQueueUrl only when a ``*_QUEUE_URL`` is a bare name (the
+  static policies; the template passes URLs).  Each queue's event source mapping polls with its
+  consumer's role: ReceiveMessage, DeleteMessage, GetQueueAttributes, on that queue, for that
+  function only.
 * Management API (``chalicelib/delivery.py``): PostToConnection (POST) and GetConnection (GET) on
   ``@connections``: ``execute-api:ManageConnections``.
 * CloudWatch Logs: CreateLogGroup, CreateLogStream, PutLogEvents on the function's log group.
@@ -46,14 +50,26 @@ FUNCTIONS: dict[str, tuple[str, str]] = {
     "WebsocketDisconnect": ("websocket_disconnect", "WebsocketDisconnectRole"),
     "WelcomeFollowUp": ("welcome_follow_up", "WelcomeFollowUpRole"),
     "Sweep": ("sweep", "SweepRole"),
+    "FanOutWorker": ("fan_out_worker", "FanOutWorkerRole"),
 }
 #: The one function that consumes the welcome queue.
 QUEUE_CONSUMER = "welcome_follow_up"
+#: The one function that consumes the fan-out queue.
+FANOUT_CONSUMER = "fan_out_worker"
+#: Consumer function -> (its queue's logical id, the queue's name suffix).
+CONSUMERS = {
+    QUEUE_CONSUMER: ("WelcomeQueue", "welcome"),
+    FANOUT_CONSUMER: ("FanOutQueue", "fanout"),
+}
+#: The functions that deliver to rooms, and so may hand large rooms to the fan-out queue
+#: (the worker re-enqueues failed recipients).
+FANOUT_PRODUCERS = ("api_handler", "websocket_message", "fan_out_worker")
 
 DYNAMODB_TABLE_ACTIONS = [
     "dynamodb:BatchWriteItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
+    "dynamodb:PutItem",
     "dynamodb:Query",
     "dynamodb:UpdateItem",
 ]
@@ -75,8 +91,8 @@ def table_name(stage: str) -> str:
     return f"{APP_NAME}-{stage}-connections"
 
 
-def queue_name(stage: str) -> str:
-    return f"{APP_NAME}-{stage}-welcome"
+def queue_name(stage: str, suffix: str = "welcome") -> str:
+    return f"{APP_NAME}-{stage}-{suffix}"
 
 
 def _doc(statements: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,20 +121,29 @@ def cfn_policy(stage: str, name: str) -> dict[str, Any]:
             {"Fn::Sub": f"{connections}/GET/@connections/*"},
         ]),
     ]
-    if name == QUEUE_CONSUMER:
-        statements.append(_stmt("WelcomeQueueConsume", SQS_CONSUMER_ACTIONS,
-                                [{"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]))
+    if name in FANOUT_PRODUCERS:
+        statements.append(_stmt("FanOutQueueSend", SQS_PRODUCER_ACTIONS,
+                                [{"Fn::GetAtt": ["FanOutQueue", "Arn"]}]))
+    if name in CONSUMERS:
+        queue_id = CONSUMERS[name][0]
+        statements.append(_stmt(f"{queue_id}Consume", SQS_CONSUMER_ACTIONS,
+                                [{"Fn::GetAtt": [queue_id, "Arn"]}]))
     return _doc(statements)
 
 
-def static_policy(stage: str, consumer: bool) -> dict[str, Any]:
-    """The ``iam_policy_file`` for ``chalice deploy`` (``consumer``: the follow-up's file)."""
+def static_policy(stage: str, consumer: str | None) -> dict[str, Any]:
+    """The ``iam_policy_file`` for ``chalice deploy`` (``consumer``: that queue consumer's file).
+
+    Chalice names one default file per stage; the fan-out queue's send grant is in it because
+    the functions that deliver to rooms share it.
+    """
     log_groups = []
     for chalice_name, _role in FUNCTIONS.values():
         group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(stage, chalice_name)}"
         log_groups += [group, group + ":*"]
     table = f"arn:aws:dynamodb:*:*:table/{table_name(stage)}"
     queue = f"arn:aws:sqs:*:*:{queue_name(stage)}"
+    fanout_queue = f"arn:aws:sqs:*:*:{queue_name(stage, 'fanout')}"
     connections = f"arn:aws:execute-api:*:*:*/{API_GATEWAY_STAGE}"
     statements = [
         _stmt("Logs", LOGS_ACTIONS, log_groups),
@@ -126,11 +151,14 @@ def static_policy(stage: str, consumer: bool) -> dict[str, Any]:
         _stmt("ConnectionsTableIndex", DYNAMODB_INDEX_ACTIONS,
               [f"{table}/index/{LAST_SEEN_INDEX}"]),
         _stmt("WelcomeQueueSend", [*SQS_PRODUCER_ACTIONS, "sqs:GetQueueUrl"], [queue]),
+        _stmt("FanOutQueueSend", [*SQS_PRODUCER_ACTIONS, "sqs:GetQueueUrl"], [fanout_queue]),
         _stmt("ManageConnections", MANAGE_CONNECTIONS,
               [f"{connections}/POST/@connections/*", f"{connections}/GET/@connections/*"]),
     ]
-    if consumer:
-        statements.append(_stmt("WelcomeQueueConsume", SQS_CONSUMER_ACTIONS, [queue]))
+    if consumer is not None:
+        queue_id, suffix = CONSUMERS[consumer]
+        statements.append(_stmt(f"{queue_id}Consume", SQS_CONSUMER_ACTIONS,
+                                [f"arn:aws:sqs:*:*:{queue_name(stage, suffix)}"]))
     return _doc(statements)
 
 
@@ -138,8 +166,9 @@ def static_policy_files() -> dict[str, dict[str, Any]]:
     """File name (under deploy/iam/) -> document, for every stage."""
     files = {}
     for stage in STAGES:
-        files[f"{stage}.json"] = static_policy(stage, consumer=False)
-        files[f"{stage}-{QUEUE_CONSUMER}.json"] = static_policy(stage, consumer=True)
+        files[f"{stage}.json"] = static_policy(stage, consumer=None)
+        for consumer in CONSUMERS:
+            files[f"{stage}-{consumer}.json"] = static_policy(stage, consumer=consumer)
     return files
 
 

@@ -80,7 +80,7 @@ def test_a_small_room_is_still_delivered_inline(
     harness: AppHarness, fanout_queue: tuple[Any, str]
 ) -> None:
     sqs, url = fanout_queue
-    sender, *others = room_of(harness, 4)  # 3 recipients: FANOUT_INLINE_MAX
+    sender, *_others = room_of(harness, 4)  # 3 recipients: FANOUT_INLINE_MAX
     sent = harness.send(sender, {"action": "send", "room": "big", "data": 1})
     assert sent["data"]["delivered"] == 3 and sent["data"]["queued"] == 0
     assert take(sqs, url) == []

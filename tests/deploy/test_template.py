@@ -143,26 +143,50 @@ def test_stage_parameter_is_pinned(package: dict[str, Any]) -> None:
     assert stage["Default"] == "prod"
 
 
-def test_welcome_queue_has_a_dead_letter_queue(resources: dict[str, Any]) -> None:
-    queue, dlq = resources["WelcomeQueue"], resources["WelcomeDeadLetterQueue"]
+@pytest.mark.parametrize("queue_id, consumer_id", [
+    ("WelcomeQueue", "WelcomeFollowUp"), ("FanOutQueue", "FanOutWorker")])
+def test_each_queue_has_a_dead_letter_queue(
+    resources: dict[str, Any], queue_id: str, consumer_id: str
+) -> None:
+    dlq_id = queue_id.removesuffix("Queue") + "DeadLetterQueue"
+    queue, dlq = resources[queue_id], resources[dlq_id]
     assert queue["Type"] == dlq["Type"] == "AWS::SQS::Queue"
     redrive = queue["Properties"]["RedrivePolicy"]
-    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["WelcomeDeadLetterQueue", "Arn"]}
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": [dlq_id, "Arn"]}
     assert 1 <= redrive["maxReceiveCount"] <= 10
     # Lambda's advice: visibility timeout >= 6x the consumer's timeout, or batches redeliver early.
-    timeout = resources["WelcomeFollowUp"]["Properties"]["Timeout"]
+    timeout = resources[consumer_id]["Properties"]["Timeout"]
     assert queue["Properties"]["VisibilityTimeout"] >= 6 * timeout
     # A standard queue's DLQ keeps the original enqueue time: it must retain longer.
     retention = "MessageRetentionPeriod"
     assert dlq["Properties"][retention] > queue["Properties"][retention]
 
 
-def test_follow_up_event_source_is_bound_to_the_queue_arn(resources: dict[str, Any]) -> None:
-    events = resources["WelcomeFollowUp"]["Properties"]["Events"]
+@pytest.mark.parametrize("consumer_id, queue_id, batch", [
+    ("WelcomeFollowUp", "WelcomeQueue", 10), ("FanOutWorker", "FanOutQueue", 4)])
+def test_consumers_are_bound_to_their_queue_and_report_partial_failures(
+    resources: dict[str, Any], consumer_id: str, queue_id: str, batch: int
+) -> None:
+    events = resources[consumer_id]["Properties"]["Events"]
     sources = [e for e in events.values() if e["Type"] == "SQS"]
     assert len(sources) == 1
-    assert sources[0]["Properties"]["Queue"] == {"Fn::Sub": "${WelcomeQueue.Arn}"}
-    assert sources[0]["Properties"]["BatchSize"] == 10
+    properties = sources[0]["Properties"]
+    assert properties["Queue"] == {"Fn::Sub": f"${{{queue_id}.Arn}}"}
+    assert properties["BatchSize"] == batch
+    assert properties["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_fan_out_worker_has_a_full_vcpu_and_bounded_concurrency(
+    package: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    worker = resources["FanOutWorker"]["Properties"]
+    assert worker["MemorySize"] >= 1769
+    events = worker["Events"]
+    [source] = events.values()
+    assert source["Properties"]["ScalingConfig"] == {
+        "MaximumConcurrency": {"Ref": "FanOutMaxConcurrency"}}
+    parameter = package["template"]["Parameters"]["FanOutMaxConcurrency"]
+    assert 2 <= parameter["Default"] <= 10
 
 
 def test_functions_get_their_configuration_from_the_stack(resources: dict[str, Any]) -> None:
@@ -171,6 +195,8 @@ def test_functions_get_their_configuration_from_the_stack(resources: dict[str, A
         variables = props["Environment"]["Variables"]
         assert variables["CONNECTIONS_STORE"] == {"Fn::Sub": "dynamodb://${ConnectionsTable}"}
         assert variables["WELCOME_QUEUE_URL"] == {"Ref": "WelcomeQueue"}
+        assert variables["FANOUT_QUEUE_URL"] == {"Ref": "FanOutQueue"}
+        assert variables["FANOUT_QUEUE_NAME"] == {"Fn::GetAtt": ["FanOutQueue", "QueueName"]}
         assert "${WebsocketAPI}" in variables["WS_MANAGEMENT_ENDPOINT"]["Fn::Sub"]
         for key in ("WELCOME_DELAY_SECONDS", "FANOUT_CONCURRENCY", "LOG_LEVEL"):
             assert isinstance(variables[key], str), key
@@ -242,7 +268,11 @@ def test_websocket_stage_is_throttled_without_data_trace(package: dict[str, Any]
         rate = _parameter_value(template, settings["ThrottlingRateLimit"])
         assert isinstance(burst, int) and isinstance(rate, int) and 0 < rate <= burst, name
         limits[name] = (burst, rate)
-    assert limits == {"default": (200, 100), "$connect": (50, 20)}
+    # Sized from the capacity model (docs/capacity.md): inside the account's 10,000 requests/s
+    # and 5,000 burst (deliveries share them), $connect inside its 500 new connections/s.
+    assert limits["default"][1] <= 10_000 // 4 and limits["default"][0] <= 5_000
+    assert limits["$connect"][1] <= 500 and limits["$connect"][0] <= 500
+    assert limits["$connect"][1] < limits["default"][1]
     for parameter in THROTTLING_PARAMETERS:
         assert template["Parameters"][parameter]["Type"] == "Number"
         assert template["Parameters"][parameter]["MinValue"] == 1
@@ -368,8 +398,14 @@ def test_each_role_grants_exactly_what_the_code_calls(resources: dict[str, Any])
         expected |= {("ConnectionsTableIndex", "dynamodb:Query"),
                      ("WelcomeQueueSend", "sqs:SendMessage"),
                      ("ManageConnections", "execute-api:ManageConnections")}
+        if name in policies.FANOUT_PRODUCERS:
+            expected |= {("FanOutQueueSend", "sqs:SendMessage")}
+            assert by_sid["FanOutQueueSend"]["Resource"] == [
+                {"Fn::GetAtt": ["FanOutQueue", "Arn"]}]
         if name == policies.QUEUE_CONSUMER:
             expected |= {("WelcomeQueueConsume", a) for a in policies.SQS_CONSUMER_ACTIONS}
+        if name == policies.FANOUT_CONSUMER:
+            expected |= {("FanOutQueueConsume", a) for a in policies.SQS_CONSUMER_ACTIONS}
         assert granted == expected, role_id
         assert by_sid["ConnectionsTable"]["Resource"] == [
             {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}]
@@ -394,12 +430,20 @@ def _action(service: str, call: str) -> str:
 
 
 def test_policies_cover_exactly_the_api_calls_in_the_code() -> None:
-    dynamodb = {_action("dynamodb", c) for c in _calls("chalicelib/store/dynamodb.py",
-                                                       "self._client")}
+    source = (ROOT / "chalicelib/store/dynamodb.py").read_text()
+    methods = set(re.findall(r'self\._call\(\s*"([a-z_]+)"', source))
+    assert "transact_write_items" in methods
+    # A transaction is authorised by the actions of its items (IAM has no TransactWriteItems).
+    items = {kind.lower() + "_item" for kind in re.findall(r'\{"(Put|Update|Delete)": \{', source)}
+    dynamodb = {_action("dynamodb", c) for c in (methods - {"transact_write_items"}) | items}
     assert dynamodb == set(policies.DYNAMODB_TABLE_ACTIONS)
     assert LAST_SEEN_INDEX == policies.LAST_SEEN_INDEX
     sqs = {_action("sqs", c) for c in _calls("chalicelib/welcome.py", "self.client")}
+    sqs |= {_action("sqs", c) for c in _calls("chalicelib/queues.py", "self._client")}
     assert sqs == {"sqs:SendMessage", "sqs:GetQueueUrl"}
+    # SendMessageBatch is authorised by the sqs:SendMessage permission (SQS API reference).
+    fanout = {_action("sqs", c) for c in _calls("chalicelib/fanout.py", "self.client")}
+    assert fanout == {"sqs:SendMessageBatch"}
     management = _calls("chalicelib/delivery.py", "self.client")
     assert management == {"post_to_connection", "get_connection"}  # POST and GET @connections
 
@@ -430,8 +474,13 @@ def test_stage_config() -> None:
         assert settings["automatic_layer"] is True
         assert settings["log_retention_in_days"] > 0
         assert settings["iam_policy_file"] == f"../deploy/iam/{stage}.json"
-        assert (settings["lambda_functions"][policies.QUEUE_CONSUMER]["iam_policy_file"]
-                == f"../deploy/iam/{stage}-{policies.QUEUE_CONSUMER}.json")
+        assert env["FANOUT_QUEUE_URL"] == policies.queue_name(stage, "fanout")
+        assert env["FANOUT_QUEUE_NAME"] == policies.queue_name(stage, "fanout")
+        for consumer in policies.CONSUMERS:
+            assert (settings["lambda_functions"][consumer]["iam_policy_file"]
+                    == f"../deploy/iam/{stage}-{consumer}.json")
+        # The fan-out worker gets a full vCPU (1,769 MB): posting is CPU-bound.
+        assert settings["lambda_functions"]["fan_out_worker"]["lambda_memory_size"] >= 1769
     text = (ROOT / ".chalice" / "config.json").read_text()
     assert not re.search(r"\b\d{12}\b", text), "no account ids in the repo"
     assert "WS_AUTH_SECRET" not in text, "no auth secret in the repo"

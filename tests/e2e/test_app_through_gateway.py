@@ -81,7 +81,8 @@ def test_rooms_across_three_clients(gateway: Gateway) -> None:
             await _request(c, {"action": "join", "room": "other"})
 
             sent = await _request(a, {"action": "send", "room": "lobby", "data": {"t": "hi"}})
-            assert sent["data"] == {"room": "lobby", "delivered": 1, "gone": 0, "failed": 0, "queued": 0}
+            assert sent["data"] == {
+                "room": "lobby", "delivered": 1, "gone": 0, "failed": 0, "queued": 0}
             assert await _recv(b) == {
                 "type": "message",
                 "data": {"room": "lobby", "from": ids["a"], "data": {"t": "hi"}},
@@ -131,7 +132,8 @@ def test_dropped_disconnect_record_is_pruned_by_the_next_room_send(tmp_path: Pat
                 # $disconnect was dropped: the stale record is still in the store.
                 assert leaver_id in _connections(tmp_path)
                 sent = await _request(sender, {"action": "send", "room": "r", "data": "x"})
-                assert sent["data"] == {"room": "r", "delivered": 0, "gone": 1, "failed": 0, "queued": 0}
+                assert sent["data"] == {
+                    "room": "r", "delivered": 0, "gone": 1, "failed": 0, "queued": 0}
                 assert leaver_id not in _connections(tmp_path)
                 again = await _request(sender, {"action": "send", "room": "r", "data": "y"})
                 assert again["data"]["gone"] == 0
