@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench import coldstart, delivery_cost, fanout, roundtrip, stale
+from bench import coldstart, delivery_cost, fanout, fanout_queue, roundtrip, stale
 from bench.common import ROOT, Section, app_gateway, log
 from bench.floor import running_floor
 from bench.report import command_line, plot_fanout, render
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default=None,
                         help="fan-out plot (default: fanout.png next to --out)")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset: fanout,stale,cost,roundtrip,coldstart")
+                        help="comma-separated subset: fanout,fanoutqueue,stale,cost,roundtrip,coldstart")
     args = parser.parse_args(argv)
     plot = args.plot or os.path.join(os.path.dirname(os.path.abspath(args.out)), "fanout.png")
     only = {x.strip() for x in args.only.split(",") if x.strip()}
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[Section] = []
     steps: list[tuple[str, Callable[[], Section]]] = [
         ("fanout", lambda: fanout.run(args.quick)),
+        ("fanoutqueue", lambda: fanout_queue.run(args.quick)),
         ("stale", lambda: stale.run(args.quick)),
         ("cost", lambda: delivery_cost.run(args.quick)),
         ("roundtrip", lambda: roundtrip_section(args.quick, args.peer)[0]),

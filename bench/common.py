@@ -29,7 +29,8 @@ def raise_nofile(wanted: int = 65536) -> int:
 def app_env(store_path: str, **extra: str) -> dict[str, str]:
     """The process environment for a gateway running the app on the ``test`` stage."""
     env = dict(os.environ)
-    for name in ("WELCOME_QUEUE_URL", "FANOUT_CONCURRENCY", "WS_AUTH_SECRET", "WS_AUTH_JWKS_URL"):
+    for name in ("WELCOME_QUEUE_URL", "FANOUT_CONCURRENCY", "FANOUT_QUEUE_URL", "FANOUT_INLINE_MAX",
+                 "WS_AUTH_SECRET", "WS_AUTH_JWKS_URL"):
         env.pop(name, None)
     env["CONNECTIONS_STORE"] = f"sqlite:///{store_path}"
     env["LOG_LEVEL"] = "WARNING"

@@ -31,5 +31,6 @@ def test_app_imports_without_credentials_network_or_boto3() -> None:
     # Clients are created lazily on the first invocation, so a cold import loads none of them.
     assert loaded == "[]"
     assert handlers == str(sorted(
-        ["connect", "message", "disconnect", "welcome_follow_up", "sweep", "push_to_room"]
+        ["connect", "message", "disconnect", "welcome_follow_up", "fan_out_worker", "sweep",
+         "push_to_room"]
     ))

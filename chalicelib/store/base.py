@@ -345,16 +345,19 @@ class ConnectionStore(ABC):
         _check_id(connection_id)
         return sorted(self._retrying(lambda: self._rooms_of(connection_id)))
 
-    def member_pages(self, room: str, page_size: int = 1000) -> Iterator[list[str]]:
+    def member_pages(
+        self, room: str, page_size: int = 1000, *, start_after: str | None = None
+    ) -> Iterator[list[str]]:
         """The room's member connection ids, in pages of at most ``page_size``, sorted.
 
         Each page is one read (a Query page in DynamoDB); a large room is never held in one list
-        unless the caller does so.  Yields nothing for an empty room.
+        unless the caller does so.  ``start_after`` resumes after that id (the last one of a
+        page already read).  Yields nothing for an empty room.
         """
         _check_room(room)
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
-        after: str | None = None
+        after = start_after
         while True:
             page, after = self._retrying(
                 functools.partial(self._members_page, room, after, page_size)

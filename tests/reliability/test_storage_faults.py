@@ -84,14 +84,11 @@ def test_throttled_claim_is_retried_then_welcomes_once(
     stubbed: tuple[Stubber, Messaging], api: FakeManagementApi
 ) -> None:
     stub, service = stubbed
-    not_welcomed: dict[str, Any] = {"service_error_code": "ConditionalCheckFailedException",
-                    "modeled_fields": {"Item": _item(welcomed=False)}}
-    # The store retries the whole claim (touch, then claim) as one operation.
-    stub.add_client_error("update_item", service_error_code=THROTTLE)  # 1: touch throttled
-    stub.add_client_error("update_item", **not_welcomed)  # 2: touch: not welcomed yet
-    stub.add_client_error("update_item", service_error_code=THROTTLE)  # 2: claim throttled
-    stub.add_client_error("update_item", **not_welcomed)  # 3: touch
-    stub.add_response("update_item", {})  # 3: claim won
+    # A message is one read, then one conditional write; each is retried on its own.
+    stub.add_client_error("get_item", service_error_code=THROTTLE)  # read throttled
+    stub.add_response("get_item", {"Item": _item(welcomed=False)})  # read: welcome owed
+    stub.add_client_error("update_item", service_error_code=THROTTLE)  # claim throttled
+    stub.add_response("update_item", {})  # claim won
     _ping(service, api)
     assert api.types(CID) == ["welcome", "pong"]
 
@@ -100,13 +97,11 @@ def test_claim_lost_to_a_racing_claimer_sends_no_welcome(
     stubbed: tuple[Stubber, Messaging], api: FakeManagementApi
 ) -> None:
     stub, service = stubbed
-    stub.add_client_error("update_item", service_error_code="ConditionalCheckFailedException",
-                          modeled_fields={"Item": _item(welcomed=False)})  # touch: not yet
-    # Between our two writes the follow-up claimed it: the claim's condition fails.
-    stub.add_client_error("update_item", service_error_code="ConditionalCheckFailedException",
-                          modeled_fields={"Item": _item(welcomed=True)})
-    stub.add_client_error("update_item", service_error_code=THROTTLE)  # activity: throttled
-    stub.add_response("update_item", {})  # activity recorded
+    stub.add_response("get_item", {"Item": _item(welcomed=False)})  # read: not yet
+    # Between the read and the write the follow-up claimed it: the write's condition fails,
+    # and the second round reads it welcomed (nothing left to write).
+    stub.add_client_error("update_item", service_error_code="ConditionalCheckFailedException")
+    stub.add_response("get_item", {"Item": _item(welcomed=True)})
     _ping(service, api)
     assert api.types(CID) == ["pong"]
 
@@ -116,14 +111,13 @@ def test_store_throttled_past_the_bound_answers_internal_then_heals(
 ) -> None:
     stub, service = stubbed
     for _ in range(DEFAULT_ATTEMPTS):
-        stub.add_client_error("update_item", service_error_code=THROTTLE)
+        stub.add_client_error("get_item", service_error_code=THROTTLE)
     _ping(service, api, 1)  # must not raise
     (reply,) = api.received(CID)
     assert reply["type"] == "error" and reply["id"] == "p1"
     assert reply["data"]["code"] == "internal"
     # Throttling ends: the next frame gets the (single) welcome and its reply.
-    stub.add_client_error("update_item", service_error_code="ConditionalCheckFailedException",
-                          modeled_fields={"Item": _item(welcomed=False)})
+    stub.add_response("get_item", {"Item": _item(welcomed=False)})
     stub.add_response("update_item", {})
     _ping(service, api, 2)
     assert api.types(CID) == ["error", "welcome", "pong"]
@@ -136,7 +130,8 @@ def test_follow_up_throttled_then_resolved_never_double_welcomes(
     stub.add_client_error("update_item", service_error_code=THROTTLE)
     stub.add_response("update_item", {})  # the follow-up wins the claim after a retry
     service.on_welcome_follow_up(FollowUp(CID, "ep"))
-    stub.add_response("update_item", {})  # first message: welcomed already, just a touch
+    # First message: read welcomed, activity fresh, rate limit off: no write at all.
+    stub.add_response("get_item", {"Item": _item(welcomed=True)})
     _ping(service, api)
     assert api.types(CID) == ["welcome", "pong"]
 

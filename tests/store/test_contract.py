@@ -251,6 +251,14 @@ def test_member_pages_cover_the_room_once(store: ConnectionStore, page_size: int
     assert list(store.member_pages("empty-room", page_size=page_size)) == []
 
 
+def test_member_pages_resume_after_a_member(store: ConnectionStore) -> None:
+    ids = [f"m{i:03d}" for i in range(20)]
+    for cid in ids:
+        store.join(cid, "paged")
+    resumed = list(store.member_pages("paged", page_size=6, start_after="m007"))
+    assert [cid for page in resumed for cid in page] == ids[8:]
+
+
 def test_member_pages_rejects_bad_page_size(store: ConnectionStore) -> None:
     with pytest.raises(ValueError):
         list(store.member_pages("r", page_size=0))
