@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", default=None,
                         help="fan-out plot (default: fanout.png next to --out)")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset: fanout,fanoutqueue,stale,cost,roundtrip,coldstart")
+                        help="comma-separated subset: fanout,fanoutqueue,stale,cost,roundtrip,"
+                             "coldstart")
     args = parser.parse_args(argv)
     plot = args.plot or os.path.join(os.path.dirname(os.path.abspath(args.out)), "fanout.png")
     only = {x.strip() for x in args.only.split(",") if x.strip()}
