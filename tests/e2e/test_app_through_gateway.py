@@ -168,3 +168,34 @@ def test_startup_prints_the_urls_and_serves_the_demo_page(gateway: Gateway) -> N
         assert response.status == 200
         assert "text/html" in response.headers["Content-Type"]
         assert b"<html" in response.read()
+
+
+def test_a_large_room_is_delivered_by_fan_out_workers_through_the_gateway(
+    tmp_path: Path,
+) -> None:
+    # The gateway provisions the queue of the app's fan_out_worker handler and runs the worker
+    # on it, as `make run` does on the dev stage; a tiny FANOUT_INLINE_MAX makes 3 members large.
+    env = _env(tmp_path, FANOUT_QUEUE_URL="ws-rooms-fanout", FANOUT_INLINE_MAX="2",
+               FANOUT_BATCH_SIZE="2")
+    with running_gateway(str(ROOT), extra_args=["--stage", "test"], env=env) as gw:
+
+        async def scenario() -> None:
+            async with (
+                websockets.connect(gw.ws_url) as sender,
+                websockets.connect(gw.ws_url) as b,
+                websockets.connect(gw.ws_url) as c,
+                websockets.connect(gw.ws_url) as d,
+            ):
+                for ws in (sender, b, c, d):
+                    await ws.send(json.dumps({"action": "join", "room": "big"}))
+                    assert (await _recv(ws))["type"] == "welcome"
+                    assert (await _recv(ws))["type"] == "joined"
+                sent = await _request(sender, {"action": "send", "room": "big", "data": 7})
+                assert sent["data"] == {
+                    "room": "big", "delivered": 0, "gone": 0, "failed": 0, "queued": 3}
+                for ws in (b, c, d):
+                    message = await _recv(ws)
+                    assert message["type"] == "message" and message["data"]["data"] == 7
+
+        asyncio.run(scenario())
+        assert "Traceback" not in gw.log()
