@@ -122,9 +122,8 @@ def message(event: WebsocketEvent) -> None:
 @_well_formed_only
 @app.on_ws_disconnect()
 def disconnect(event: WebsocketEvent) -> None:
-    from chalicelib.events import connection_context
-
-    _messaging().on_disconnect(connection_context(event.to_dict()))
+    ctx, endpoint = _endpoint(event.to_dict())
+    _messaging().on_disconnect(ctx, endpoint)
 
 
 def _each_record(event: SQSEvent, handle: Any) -> dict[str, list[dict[str, str]]]:
@@ -178,7 +177,7 @@ def sweep(event: Any) -> dict[str, int]:
 
 
 @app.route("/rooms/{room}/messages", methods=["POST"], authorizer=IAMAuthorizer())
-def push_to_room(room: str) -> dict[str, int]:
+def push_to_room(room: str) -> dict[str, Any]:
     from chalicelib.errors import PushError
 
     body = app.current_request.json_body if app.current_request else None

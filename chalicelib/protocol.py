@@ -1,4 +1,4 @@
-"""Protocol v1, sans I/O: turn a client frame into a typed request, and build server frames.
+"""Protocol v2 (a superset of v1), sans I/O: client frames into typed requests; server frames.
 
 Nothing here talks to the network or the store; :func:`parse_frame` either returns one of the
 request dataclasses or raises :class:`ProtocolError` carrying the error code the client sees.
@@ -22,7 +22,10 @@ from chalicelib.errors import WsAppError
 MAX_MESSAGE_BYTES = 128 * 1024
 MAX_ID_CHARS = 64
 ROOM_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: ``history`` returns at most this many messages per request (``limit``), 50 by default.
+MAX_HISTORY_LIMIT = 100
+DEFAULT_HISTORY_LIMIT = 50
 
 
 class ErrorCode(enum.StrEnum):
@@ -65,6 +68,8 @@ class WhoAmI:
 class Join:
     room: str
     id: str | None = None
+    #: v2: replay the room's messages after this sequence number.
+    since: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,27 @@ class Send:
     id: str | None = None
 
 
-Request = Ping | WhoAmI | Join | Leave | Send
-ACTIONS = ("ping", "join", "leave", "send", "whoami")
+@dataclass(frozen=True)
+class History:
+    """v2: the room's retained messages with ``after < seq < before``, newest ``limit``."""
+
+    room: str
+    id: str | None = None
+    before: int | None = None
+    after: int | None = None
+    limit: int = DEFAULT_HISTORY_LIMIT
+
+
+@dataclass(frozen=True)
+class Members:
+    """v2: who is in the room (presence)."""
+
+    room: str
+    id: str | None = None
+
+
+Request = Ping | WhoAmI | Join | Leave | Send | History | Members
+ACTIONS = ("ping", "join", "leave", "send", "whoami", "history", "members")
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -167,7 +191,20 @@ def parse_frame(body: str | None, is_base64: bool = False) -> Request:
     if action == "whoami":
         return WhoAmI(id=request_id)
     if action == "join":
-        return Join(room=_room(obj, request_id), id=request_id)
+        return Join(room=_room(obj, request_id), id=request_id,
+                    since=_sequence(obj, "since", request_id))
+    if action == "history":
+        limit = _sequence(obj, "limit", request_id)
+        if limit is not None and not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"field 'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT}", request_id)
+        return History(room=_room(obj, request_id), id=request_id,
+                       before=_sequence(obj, "before", request_id),
+                       after=_sequence(obj, "after", request_id),
+                       limit=DEFAULT_HISTORY_LIMIT if limit is None else limit)
+    if action == "members":
+        return Members(room=_room(obj, request_id), id=request_id)
     if action == "leave":
         return Leave(room=_room(obj, request_id), id=request_id)
     if action == "send":
@@ -193,6 +230,21 @@ def _request_id(obj: dict[str, Any]) -> str | None:
         )
     if not _is_encodable(value):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'id' is not valid Unicode")
+    return value
+
+
+#: Sequence numbers are JSON integers a double holds exactly (JavaScript clients).
+MAX_SEQUENCE = 2**53 - 1
+
+
+def _sequence(obj: dict[str, Any], name: str, request_id: str | None) -> int | None:
+    """An optional non-negative integer field (``since``, ``before``, ``after``, ``limit``)."""
+    if name not in obj or obj[name] is None:
+        return None
+    value = obj[name]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQUENCE:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST, f"field '{name}' must be a non-negative integer", request_id)
     return value
 
 

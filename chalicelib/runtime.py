@@ -19,6 +19,7 @@ from chalicelib.auth import ConnectGate, build_gate
 from chalicelib.delivery import Deliverer, RetryPolicy
 from chalicelib.fanout import FanOutQueue
 from chalicelib.limits import Limits
+from chalicelib.rooms import RoomFeatures
 from chalicelib.service import Messaging
 from chalicelib.settings import Settings
 from chalicelib.store import open_store
@@ -98,6 +99,12 @@ def build(settings: Settings) -> Messaging:
         auth_required=settings.auth_enabled,
         fanout_queue=fanout_queue,
         inline_max=settings.fanout_inline_max,
+        features=RoomFeatures(
+            history_max=settings.history_max_messages,
+            history_ttl=settings.history_ttl_seconds,
+            presence=settings.presence,
+            dedupe_seconds=settings.dedupe_seconds,
+        ),
     )
 
 

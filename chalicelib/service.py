@@ -16,9 +16,10 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.delivery import Deliverer, FanOutReport, Liveness, Outcome, fan_out
@@ -31,8 +32,10 @@ from chalicelib.protocol import (
     PROTOCOL_VERSION,
     ROOM_PATTERN,
     ErrorCode,
+    History,
     Join,
     Leave,
+    Members,
     Ping,
     ProtocolError,
     Request,
@@ -42,7 +45,19 @@ from chalicelib.protocol import (
     error_frame,
     parse_frame,
 )
+from chalicelib.rooms import (
+    DEFAULT_FEATURES,
+    MAX_PRESENCE_USERS,
+    RoomFeatures,
+    data_json,
+    history_frame,
+    is_complete,
+    message_frame,
+    presence_frame,
+    replay_frames,
+)
 from chalicelib.store import Admission, Claim, ConnectionRecord, ConnectionStore
+from chalicelib.store.base import SendRecord, StoredMessage
 from chalicelib.welcome import FollowUp, WelcomeQueue
 
 logger = logging.getLogger(__name__)
@@ -79,6 +94,54 @@ class RoomDelivery:
         return {"delivered": self.delivered, "gone": self.gone, "failed": self.failed,
                 "queued": self.queued}
 
+    def __add__(self, other: RoomDelivery) -> RoomDelivery:
+        return RoomDelivery(self.delivered + other.delivered, self.gone + other.gone,
+                            self.failed + other.failed, self.queued + other.queued)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A message accepted into a room: its sequence number, id, and what delivering it did."""
+
+    seq: int
+    mid: str
+    delivery: RoomDelivery
+    #: True when the send repeated an ``id`` already accepted (nothing was broadcast again).
+    duplicate: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {**self.delivery.as_dict(), "seq": self.seq, "mid": self.mid}
+        if self.duplicate:
+            data["duplicate"] = True
+        return data
+
+
+@dataclass
+class Response:
+    """The reply to a client frame, and frames that must follow it (a join's replay)."""
+
+    reply: bytes
+    then: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class _Audience:
+    """A room's members other than the sender, read a page at a time (see ``_audience``)."""
+
+    room: str
+    first: list[str]
+    rest: Iterator[list[str]] | None
+    exclude: str | None
+
+    @property
+    def large(self) -> bool:
+        return self.rest is not None
+
+    def pages(self) -> Iterator[list[str]]:
+        pages = itertools.chain([self.first], self.rest or iter(()))
+        for page in pages:
+            yield [member for member in page if member != self.exclude]
+
 
 @dataclass(frozen=True)
 class SweepReport:
@@ -108,10 +171,12 @@ class Messaging:
         auth_required: bool = False,
         fanout_queue: FanOutQueue | None = None,
         inline_max: int = DEFAULT_INLINE_MAX,
+        features: RoomFeatures = DEFAULT_FEATURES,
     ) -> None:
         if inline_max < 1:
             raise ValueError("inline_max must be at least 1")
         self.store = store
+        self._features = features
         self._fanout_queue = fanout_queue
         self._inline_max = inline_max
         self._deliverer_for = deliverer_for
@@ -149,9 +214,13 @@ class Messaging:
                 logger.exception("could not enqueue the welcome follow-up for %s",
                                  ctx.connection_id)
 
-    def on_disconnect(self, ctx: ConnectionContext) -> None:
-        """Forget the connection and its memberships (idempotent)."""
-        self.store.remove(ctx.connection_id)
+    def on_disconnect(self, ctx: ConnectionContext, endpoint: str | None = None) -> None:
+        """Forget the connection and its memberships (idempotent); announce departures.
+
+        ``endpoint`` reaches the rooms' other members for presence ``leave`` frames (without
+        one, and without ``WS_MANAGEMENT_ENDPOINT``, nobody is told).
+        """
+        self._forget(ctx.connection_id, endpoint)
 
     def on_message(
         self, ctx: ConnectionContext, endpoint: str, body: str | None, is_base64: bool
@@ -165,6 +234,7 @@ class Messaging:
         connection_id = ctx.connection_id
         request: Request | None = None
         request_id: str | None = None
+        then: list[bytes] = []
         try:
             request = parse_frame(body, is_base64)
             request_id = request.id
@@ -182,7 +252,8 @@ class Messaging:
                     request_id,
                 )
             elif request is not None:
-                reply = self._dispatch(connection_id, admission.record, request, endpoint)
+                response = self._dispatch(connection_id, admission.record, request, endpoint)
+                reply, then = response.reply, response.then
         except ProtocolError as exc:
             reply = error_frame(exc.code, exc.message, exc.request_id)
         except Exception:
@@ -192,8 +263,10 @@ class Messaging:
                 "internal error; the request may not have been applied, try again",
                 request_id,
             )
-        if deliverer.post(connection_id, reply) is Outcome.GONE:
-            self._prune([connection_id])
+        for frame in [reply, *then]:
+            if deliverer.post(connection_id, frame) is Outcome.GONE:
+                self._prune([connection_id], endpoint)
+                return
 
     def on_welcome_follow_up(self, follow_up: FollowUp) -> Outcome | None:
         """Deliver the welcome if the connection is open and nobody sent it yet.
@@ -206,7 +279,7 @@ class Messaging:
         deliverer = self._deliverer_for(follow_up.endpoint)
         liveness = deliverer.verify(follow_up.connection_id)
         if liveness is Liveness.GONE:
-            self._prune([follow_up.connection_id])
+            self._prune([follow_up.connection_id], follow_up.endpoint)
             return None
         if liveness is Liveness.UNKNOWN:
             raise VerificationError(f"could not verify connection {follow_up.connection_id}")
@@ -214,7 +287,7 @@ class Messaging:
             return None
         outcome = deliverer.post(follow_up.connection_id, self._welcome(follow_up.connection_id))
         if outcome is Outcome.GONE:
-            self._prune([follow_up.connection_id])
+            self._prune([follow_up.connection_id], follow_up.endpoint)
         return outcome
 
     def on_fan_out_batch(self, batch: FanOutBatch) -> RoomDelivery:
@@ -229,7 +302,7 @@ class Messaging:
         report = fan_out(
             self._deliverer_for(batch.endpoint), batch.recipients, batch.payload, self._executor
         )
-        self._prune(report.gone)
+        self._prune(report.gone, batch.endpoint)
         counts = RoomDelivery.from_report(report)
         if report.forbidden:
             logger.error("fan-out to %s: %d recipients refused with 403 (not retried)",
@@ -258,17 +331,17 @@ class Messaging:
         """
         checked = pruned = unknown = expired = 0
         for idle in self.store.idle_connections(idle_for, limit):
+            endpoint = self._default_endpoint or idle.endpoint
             if self.store.is_past_limit(idle):
-                self.store.remove(idle.connection_id)
+                self._forget(idle.connection_id, endpoint)
                 expired += 1
                 continue
-            endpoint = self._default_endpoint or idle.endpoint
             liveness = Liveness.UNKNOWN
             if endpoint:
                 checked += 1
                 liveness = self._deliverer_for(endpoint).verify(idle.connection_id)
             if liveness is Liveness.GONE:
-                self.store.remove(idle.connection_id)
+                self._forget(idle.connection_id, endpoint)
                 pruned += 1
                 continue
             if liveness is Liveness.UNKNOWN:
@@ -278,19 +351,21 @@ class Messaging:
                     checked, pruned, expired, unknown)
         return SweepReport(checked=checked, pruned=pruned, unknown=unknown, expired=expired)
 
-    def push(self, room: str, data: Any) -> RoomDelivery:
+    def push(self, room: str, data: Any) -> Published:
         """Deliver ``data`` to every member of ``room`` as a message from the server.
 
-        Raises :class:`~chalicelib.errors.PushError` for an invalid room name or a message over
-        128 KB.
+        The message gets a sequence number and is kept in history like a client's.  Raises
+        :class:`~chalicelib.errors.PushError` for an invalid room name or a message over 128 KB.
         """
         if not ROOM_PATTERN.fullmatch(room):
             raise PushError("room must be 1 to 64 characters of A-Z a-z 0-9 _ . : -")
         try:
-            payload = self._message_frame(room, SERVER_SENDER, data)
-        except ProtocolError as exc:
-            raise PushError(exc.message) from exc
-        return self._deliver_to_room(room, payload, None, sender=None)
+            text = data_json(data)
+            self._message_frame(room, SERVER_SENDER, text)  # refuse what could never arrive
+        except (ProtocolError, ValueError) as exc:
+            raise PushError(getattr(exc, "message", None) or str(exc)) from exc
+        audience = self._audience(room, sender=None, request_id=None)
+        return self._publish(room, SERVER_SENDER, text, audience, None)
 
     # ------------------------------------------------------------------ requests
 
@@ -300,32 +375,81 @@ class Messaging:
         record: ConnectionRecord | None,
         request: Request,
         endpoint: str,
-    ) -> bytes:
+    ) -> Response:
         user = None if record is None else record.user
         if isinstance(request, Ping):
-            return encode_frame("pong", {}, request.id)
+            return Response(encode_frame("pong", {}, request.id))
         if isinstance(request, WhoAmI):
             rooms = self.store.rooms_of(connection_id)
             identity: dict[str, Any] = {"connectionId": connection_id, "rooms": rooms}
             if user is not None:
                 identity["user"] = user
-            return encode_frame("identity", identity, request.id)
+            return Response(encode_frame("identity", identity, request.id))
         if isinstance(request, Join):
-            rooms = self.store.rooms_of(connection_id)
-            # Check-then-join: concurrent joins of one connection may overshoot by their count.
-            if request.room not in rooms and len(rooms) >= self._limits.max_rooms:
-                raise ProtocolError(
-                    ErrorCode.TOO_MANY_ROOMS,
-                    f"a connection may be in at most {self._limits.max_rooms} rooms;"
-                    " leave one first",
-                    request.id,
-                )
-            members = self.store.join(connection_id, request.room, user=user)
-            return encode_frame("joined", {"room": request.room, "members": members}, request.id)
+            return self._join(connection_id, user, request, endpoint)
         if isinstance(request, Leave):
-            self.store.leave(connection_id, request.room)
-            return encode_frame("left", {"room": request.room}, request.id)
-        return self._send(connection_id, user, request, endpoint)
+            if self.store.leave(connection_id, request.room):
+                self._depart(request.room, user or connection_id, endpoint, connection_id)
+            return Response(encode_frame("left", {"room": request.room}, request.id))
+        if isinstance(request, History):
+            return Response(self._history(connection_id, request))
+        if isinstance(request, Members):
+            return Response(self._members(connection_id, request))
+        return Response(self._send(connection_id, user, request, endpoint))
+
+    def _join(
+        self, connection_id: str, user: str | None, request: Join, endpoint: str
+    ) -> Response:
+        rooms = self.store.rooms_of(connection_id)
+        # Check-then-join: concurrent joins of one connection may overshoot by their count.
+        if request.room not in rooms and len(rooms) >= self._limits.max_rooms:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"a connection may be in at most {self._limits.max_rooms} rooms;"
+                " leave one first",
+                request.id,
+            )
+        presence_user = user or connection_id
+        joined = self.store.join(connection_id, request.room, user=presence_user)
+        head = self.store.head(request.room)
+        if joined.new and self._features.presence:
+            connections = self.store.presence_enter(request.room, presence_user)
+            if connections == 1:
+                self._announce(request.room, "join", presence_user, connections, endpoint,
+                               exclude=connection_id)
+        data: dict[str, Any] = {"room": request.room, "members": joined.members, "seq": head}
+        then: list[bytes] = []
+        if request.since is not None:
+            messages = self._retained(request.room, after=request.since, upto=head, head=head,
+                                      limit=max(1, self._features.history_max))
+            then, whole = replay_frames(request.room, messages)
+            complete = whole and is_complete(messages, request.since, head)
+            data["replay"] = {"from": request.since + 1, "to": head, "complete": complete}
+        return Response(encode_frame("joined", data, request.id), then)
+
+    def _history(self, connection_id: str, request: History) -> bytes:
+        self._require_member(connection_id, request.room, request.id)
+        head = self.store.head(request.room)
+        after = request.after or 0
+        upto = head if request.before is None else min(head, request.before - 1)
+        messages = self._retained(request.room, after=after, upto=upto, head=head,
+                                  limit=request.limit)
+        # Complete: the whole range (after, upto] is here.  Truncated by ``limit``, the client
+        # pages on with ``before`` = the oldest seq it got; a lost or burnt number shows too.
+        complete = is_complete(messages, after, upto)
+        return history_frame(request.room, messages, complete, request.id)
+
+    def _members(self, connection_id: str, request: Members) -> bytes:
+        if not self._features.presence:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                "presence is turned off on this server (PRESENCE=off)",
+                                request.id)
+        self._require_member(connection_id, request.room, request.id)
+        presence = self.store.presence(request.room, MAX_PRESENCE_USERS)
+        users = [{"user": user, "connections": n} for user, n in sorted(presence.users)]
+        return encode_frame("members", {"room": request.room, "count": presence.count,
+                                        "users": users, "truncated": presence.truncated},
+                            request.id)
 
     def _send(self, connection_id: str, user: str | None, request: Send, endpoint: str) -> bytes:
         size = data_size(request.data)
@@ -344,28 +468,77 @@ class Messaging:
                     request.id,
                 )
             sender = user
-        payload = self._message_frame(request.room, sender, request.data, request.id)
-        counts = self._deliver_to_room(request.room, payload, endpoint, sender=connection_id,
-                                       request_id=request.id)
-        return encode_frame("sent", {"room": request.room, **counts.as_dict()}, request.id)
+        text = data_json(request.data)
+        self._message_frame(request.room, sender, text, request.id)  # too_large before anything
+        audience = self._audience(request.room, sender=connection_id, request_id=request.id)
+        dedupe = None
+        if request.id is not None and self._features.dedupe_seconds > 0:
+            dedupe = (user or connection_id, request.id)
+            earlier = self.store.recall_send(dedupe[0], request.room, request.id)
+            if earlier is not None:
+                return self._sent(request, Published(earlier.seq, earlier.mid,
+                                                     RoomDelivery(0, 0, 0), duplicate=True))
+        published = self._publish(request.room, sender, text, audience, endpoint, dedupe)
+        return self._sent(request, published)
+
+    @staticmethod
+    def _sent(request: Send, published: Published) -> bytes:
+        return encode_frame("sent", {"room": request.room, **published.as_dict()}, request.id)
 
     # ------------------------------------------------------------------ building blocks
 
-    def _deliver_to_room(
+    def _publish(
         self,
         room: str,
-        payload: bytes,
+        sender: str,
+        text: str,
+        audience: _Audience,
         endpoint: str | None,
-        *,
-        sender: str | None,
-        request_id: str | None = None,
-    ) -> RoomDelivery:
-        """Deliver ``payload`` to the room's members other than ``sender``.
+        dedupe: tuple[str, str] | None = None,
+    ) -> Published:
+        """Give the message its seq (and keep it), then deliver it to ``audience``.
 
-        With a ``sender``, it must be a member (else ``not_member``): the first page of members
-        answers that for a small room without another read.  A room that fits in one page of
-        ``inline_max`` recipients is delivered here; a larger one is paged and handed to the
-        fan-out queue when there is one (else delivered here, page by page).
+        With ``dedupe`` (user, request id) the accepted send is remembered first; if another
+        send with the same id won a race, this one's number is burnt (a gap), its history entry
+        removed, and the earlier seq and mid are reported instead: nothing is broadcast twice.
+        """
+        features = self._features
+        message = StoredMessage(0, uuid.uuid4().hex, sender, text, int(self._clock() * 1000))
+        seq = self.store.publish(
+            room, mid=message.mid, sender=sender, data_json=text, ts=message.ts,
+            keep=features.history_max, ttl_seconds=features.history_ttl,
+        )
+        if dedupe is not None:
+            earlier = self.store.remember_send(dedupe[0], room, dedupe[1],
+                                               SendRecord(seq, message.mid),
+                                               features.dedupe_seconds)
+            if earlier is not None:
+                if features.history_max > 0:
+                    self.store.forget_message(room, seq)
+                return Published(earlier.seq, earlier.mid, RoomDelivery(0, 0, 0), duplicate=True)
+        stored = StoredMessage(seq, message.mid, sender, text, message.ts)
+        payload = message_frame(room, stored)
+        return Published(seq, message.mid, self._deliver_to(audience, payload, endpoint))
+
+    def _retained(
+        self, room: str, *, after: int, upto: int, head: int, limit: int
+    ) -> list[StoredMessage]:
+        features = self._features
+        return self.store.history(room, after=after, upto=upto, head=head, limit=limit,
+                                  keep=features.history_max, ttl_seconds=features.history_ttl)
+
+    def _require_member(self, connection_id: str, room: str, request_id: str | None) -> None:
+        if not self.store.is_member(connection_id, room):
+            raise ProtocolError(
+                ErrorCode.NOT_MEMBER, f"join room {room!r} first", request_id)
+
+    def _audience(
+        self, room: str, *, sender: str | None, request_id: str | None
+    ) -> _Audience:
+        """Read who receives a room message, checking that ``sender`` (if any) is a member.
+
+        The first page answers membership for a small room without another read; a large room
+        (more than ``inline_max`` recipients) asks the store once and reads on in big pages.
         """
         pages = self.store.member_pages(room, page_size=self._inline_max + 1)
         first = next(pages, [])
@@ -376,58 +549,85 @@ class Messaging:
             raise ProtocolError(
                 ErrorCode.NOT_MEMBER, f"join room {room!r} before sending to it", request_id
             )
-        endpoint = endpoint or self._endpoint_for_room(first)
-        if endpoint is None:
-            return RoomDelivery(delivered=0, gone=0, failed=len(first))
-
-        def recipients(page: list[str]) -> list[str]:
-            return [member for member in page if member != sender]
-
         if second is None:
-            return self._deliver(endpoint, recipients(first), payload)
+            return _Audience(room, first, None, sender)
         # A large room: read the rest in bigger pages (fewer round trips for the sender).
         rest = self.store.member_pages(room, page_size=LARGE_ROOM_PAGE, start_after=second[-1])
-        all_pages = itertools.chain([first, second], rest)
-        if self._fanout_queue is None:
-            totals = [self._deliver(endpoint, recipients(page), payload) for page in all_pages]
-            return RoomDelivery(
-                delivered=sum(t.delivered for t in totals),
-                gone=sum(t.gone for t in totals),
-                failed=sum(t.failed for t in totals),
-            )
+        return _Audience(room, first, itertools.chain([second], rest), sender)
+
+    def _deliver_to(
+        self, audience: _Audience, payload: bytes, endpoint: str | None
+    ) -> RoomDelivery:
+        """Deliver inline (small room, or no fan-out queue) or hand pages to the workers."""
+        endpoint = endpoint or self._endpoint_for_room(audience.first)
+        if endpoint is None:
+            return RoomDelivery(delivered=0, gone=0, failed=len(audience.first))
+        if not audience.large or self._fanout_queue is None:
+            total = RoomDelivery(0, 0, 0)
+            for page in audience.pages():
+                total = total + self._deliver(endpoint, page, payload)
+            return total
         queued = 0
-        for page in all_pages:
-            queued += self._fanout_queue.enqueue(room, endpoint, payload, recipients(page))
+        for page in audience.pages():
+            queued += self._fanout_queue.enqueue(audience.room, endpoint, payload, page)
         return RoomDelivery(delivered=0, gone=0, failed=0, queued=queued)
 
-    def _message_frame(
-        self, room: str, sender: str, data: Any, request_id: str | None = None
-    ) -> bytes:
+    def _announce(
+        self, room: str, event: str, user: str, connections: int, endpoint: str | None,
+        *, exclude: str | None,
+    ) -> None:
+        """Tell the room's other members that ``user`` arrived or left (best effort: a failure
+        is logged and never fails the request that caused it)."""
+        if endpoint is None and self._default_endpoint is None:
+            return
         try:
-            payload = encode_frame("message", {"room": room, "from": sender, "data": data},
-                                   request_id=None)
+            audience = self._audience(room, sender=None, request_id=None)
+            audience.exclude = exclude
+            self._deliver_to(audience, presence_frame(room, event, user, connections), endpoint)
+        except Exception:
+            logger.exception("could not announce %s of %s in %s", event, user, room)
+
+    def _depart(self, room: str, user: str, endpoint: str | None, connection_id: str) -> None:
+        """One connection of ``user`` left ``room``: announce ``leave`` if it was the last."""
+        if not self._features.presence:
+            return
+        left = self.store.presence_exit(room, user)
+        if left == 0:
+            self._announce(room, "leave", user, 0, endpoint, exclude=connection_id)
+
+    def _forget(self, connection_id: str, endpoint: str | None) -> None:
+        """Remove the connection and announce the rooms it was a user's last connection in."""
+        removal = self.store.remove(connection_id)
+        for room in removal.rooms:
+            self._depart(room, removal.user or connection_id, endpoint, connection_id)
+
+    def _message_frame(
+        self, room: str, sender: str, text: str, request_id: str | None = None
+    ) -> None:
+        """Refuse (``too_large``) a message whose v2 frame could not reach a client."""
+        probe = StoredMessage(2**53 - 1, "0" * 32, sender, text, 2**42)
+        try:
+            size = len(message_frame(room, probe))
         except ProtocolError as exc:
-            # The message frame carries no id, but the error reply to the sender must.
             raise ProtocolError(exc.code, exc.message, request_id) from exc
-        if len(payload) > MAX_MESSAGE_BYTES:
+        if size > MAX_MESSAGE_BYTES:
             # Refused before any management-API call: API Gateway would answer 413 for each.
             raise ProtocolError(
                 ErrorCode.TOO_LARGE,
-                f"message would be {len(payload)} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                f"message would be {size} bytes; the limit is {MAX_MESSAGE_BYTES}",
                 request_id,
             )
-        return payload
 
     def _deliver(self, endpoint: str, recipients: list[str], payload: bytes) -> RoomDelivery:
         report = fan_out(self._deliverer_for(endpoint), recipients, payload, self._executor)
-        self._prune(report.gone)
+        self._prune(report.gone, endpoint)
         return RoomDelivery.from_report(report)
 
-    def _prune(self, connection_ids: list[str]) -> None:
+    def _prune(self, connection_ids: list[str], endpoint: str | None = None) -> None:
         """Remove connections API Gateway reported gone; a failure here only delays cleanup."""
         for connection_id in connection_ids:
             try:
-                self.store.remove(connection_id)
+                self._forget(connection_id, endpoint)
             except Exception:
                 logger.exception("could not prune gone connection %s", connection_id)
 
@@ -450,7 +650,7 @@ class Messaging:
         if admission.claim is Claim.CLAIMED and deliverer.post(
             ctx.connection_id, self._welcome(ctx.connection_id)
         ) is Outcome.GONE:
-            self._prune([ctx.connection_id])
+            self._prune([ctx.connection_id], endpoint)
             return None
         return admission
 

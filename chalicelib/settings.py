@@ -46,6 +46,11 @@ class Settings:
     fanout_queue_url: str | None = None
     fanout_inline_max: int = 500
     fanout_batch_size: int = 250
+    # ---- protocol v2 (chalicelib/rooms.py)
+    history_max_messages: int = 100
+    history_ttl_seconds: int = 86400
+    presence: bool = True
+    dedupe_seconds: int = 86400
 
     @property
     def auth_enabled(self) -> bool:
@@ -89,6 +94,10 @@ class Settings:
             fanout_queue_url=environ.get("FANOUT_QUEUE_URL") or None,
             fanout_inline_max=_int(environ, "FANOUT_INLINE_MAX", 500, 1, 100000),
             fanout_batch_size=_int(environ, "FANOUT_BATCH_SIZE", 250, 1, 5000),
+            history_max_messages=_int(environ, "HISTORY_MAX_MESSAGES", 100, 0, 1000),
+            history_ttl_seconds=_int(environ, "HISTORY_TTL_SECONDS", 86400, 60, 1209600),
+            presence=_switch(environ, "PRESENCE", True),
+            dedupe_seconds=_int(environ, "DEDUPE_SECONDS", 86400, 0, 1209600),
         )
 
 
@@ -103,6 +112,17 @@ def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is outside {low}..{high}")
     return value
+
+
+def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("on", "true", "1", "yes"):
+        return True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be on or off")
 
 
 def _check_auth(secret: str | None, jwks_url: str | None, in_lambda: bool) -> None:

@@ -54,6 +54,13 @@ class AppHarness:
         self.invoke("message", message_event(connection_id, body, **kw))
         return self.api.received(connection_id)[-1]
 
+    def last(self, connection_id: str, type_: str) -> Any:
+        """The last frame of type ``type_`` the connection received (presence frames and
+        replies interleave with room messages)."""
+        frames = [f for f in self.api.received(connection_id) if f["type"] == type_]
+        assert frames, f"{connection_id} received no {type_!r} frame"
+        return frames[-1]
+
     def disconnect(self, connection_id: str) -> Any:
         self.api.close(connection_id)
         return self.invoke("disconnect", disconnect_event(connection_id))

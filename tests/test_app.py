@@ -13,6 +13,7 @@ from moto import mock_aws
 
 from tests.conftest import AppHarness
 from tests.support.events import message_event, sqs_event
+from tests.support.frames import without_ids
 
 
 def _follow_up(harness: AppHarness, connection_id: str) -> None:
@@ -184,19 +185,17 @@ def test_welcome_exactly_once_when_follow_up_and_first_message_race(
 
 def test_rooms_join_send_leave_whoami(harness: AppHarness) -> None:
     a, b, c = harness.connect(), harness.connect(), harness.connect()
-    assert harness.join(a, "lobby")["data"] == {"room": "lobby", "members": 1}
-    assert harness.join(b, "lobby")["data"] == {"room": "lobby", "members": 2}
+    assert harness.join(a, "lobby")["data"] == {"room": "lobby", "members": 1, "seq": 0}
+    assert harness.join(b, "lobby")["data"] == {"room": "lobby", "members": 2, "seq": 0}
     harness.join(c, "elsewhere")
     sent = harness.send(a, {"action": "send", "room": "lobby", "data": {"text": "hi"}, "id": "s1"})
-    assert sent == {
-        "type": "sent",
-        "data": {"room": "lobby", "delivered": 1, "gone": 0, "failed": 0, "queued": 0},
-        "id": "s1",
-    }
-    assert harness.api.received(b)[-1] == {
-        "type": "message",
-        "data": {"room": "lobby", "from": a, "data": {"text": "hi"}},
-    }
+    assert (sent["type"], sent["id"]) == ("sent", "s1")
+    assert without_ids(sent["data"]) == {
+        "room": "lobby", "delivered": 1, "gone": 0, "failed": 0, "queued": 0}
+    message = harness.api.received(b)[-1]
+    assert message["type"] == "message" and "id" not in message
+    assert without_ids(message["data"]) == {"room": "lobby", "from": a, "data": {"text": "hi"}}
+    assert (message["data"]["seq"], message["data"]["mid"]) == (1, sent["data"]["mid"])
     assert "message" not in harness.api.types(a)
     assert "message" not in harness.api.types(c)
     assert harness.send(b, {"action": "whoami"})["data"] == {"connectionId": b, "rooms": ["lobby"]}
@@ -212,8 +211,12 @@ def test_gone_member_is_pruned_alone_while_others_receive(harness: AppHarness) -
         harness.join(cid, "lobby")
     harness.api.close(stale)  # gone without $disconnect
     sent = harness.send(sender, {"action": "send", "room": "lobby", "data": "x"})
-    assert sent["data"] == {"room": "lobby", "delivered": 1, "gone": 1, "failed": 0, "queued": 0}
-    assert harness.api.received(live)[-1]["data"]["data"] == "x"
+    assert without_ids(sent["data"]) == {
+        "room": "lobby", "delivered": 1, "gone": 1, "failed": 0, "queued": 0}
+    assert harness.last(live, "message")["data"]["data"] == "x"
+    # Pruned after the 410: the others are told the stale user left (protocol v2 presence).
+    assert harness.last(live, "presence")["data"] == {
+        "room": "lobby", "event": "leave", "user": stale, "connections": 0}
     assert sorted(harness.store.members("lobby")) == sorted([sender, live])
     assert harness.store.get(stale) is None
     assert harness.store.get(sender) is not None
@@ -230,7 +233,8 @@ def test_forbidden_does_not_prune(harness: AppHarness) -> None:
     harness.join(member, "r")
     harness.api.script(member, 403)
     sent = harness.send(sender, {"action": "send", "room": "r", "data": 1})
-    assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 1, "queued": 0}
+    assert without_ids(sent["data"]) == {
+        "room": "r", "delivered": 0, "gone": 0, "failed": 1, "queued": 0}
     assert len(harness.api.calls_on(member, "POST")) == 3  # join welcome+reply, then one 403
     assert member in harness.store.members("r")
 
@@ -258,7 +262,8 @@ def test_retries_stop_at_the_bound(harness: AppHarness, monkeypatch: pytest.Monk
     posts_before = len(harness.api.calls_on(member, "POST"))
     harness.api.script(member, *([500] * 10))
     sent = harness.send(sender, {"action": "send", "room": "r", "data": 1})
-    assert sent["data"] == {"room": "r", "delivered": 0, "gone": 0, "failed": 1, "queued": 0}
+    assert without_ids(sent["data"]) == {
+        "room": "r", "delivered": 0, "gone": 0, "failed": 1, "queued": 0}
     assert len(harness.api.calls_on(member, "POST")) - posts_before == 3
     assert member in harness.store.members("r")
 
@@ -431,12 +436,13 @@ def test_server_push_reaches_every_member(harness: AppHarness) -> None:
         body=json.dumps({"data": {"headline": "up"}}),
     )
     assert response.status_code == 200
-    assert json.loads(response.body) == {"delivered": 2, "gone": 1, "failed": 0, "queued": 0}
+    pushed = json.loads(response.body)
+    assert without_ids(pushed) == {"delivered": 2, "gone": 1, "failed": 0, "queued": 0}
     for cid in (a, b):
-        assert harness.api.received(cid)[-1] == {
-            "type": "message",
-            "data": {"room": "news", "from": "server", "data": {"headline": "up"}},
-        }
+        frame = harness.last(cid, "message")
+        assert without_ids(frame["data"]) == {
+            "room": "news", "from": "server", "data": {"headline": "up"}}
+        assert frame["data"]["seq"] == pushed["seq"] == 1
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,10 @@ import pytest
 from chalicelib.protocol import (
     MAX_MESSAGE_BYTES,
     ErrorCode,
+    History,
     Join,
     Leave,
+    Members,
     Ping,
     ProtocolError,
     Send,
@@ -33,6 +35,14 @@ from chalicelib.protocol import (
         ({"action": "send", "room": "r", "data": None}, Send(room="r", data=None)),
         ({"action": "send", "room": "r", "data": {"deep": [1, 2]}, "id": "i" * 64},
          Send(room="r", data={"deep": [1, 2]}, id="i" * 64)),
+        # protocol v2
+        ({"action": "join", "room": "r", "since": 0}, Join(room="r", since=0)),
+        ({"action": "join", "room": "r", "since": 41, "id": "j"}, Join(room="r", id="j", since=41)),
+        ({"action": "join", "room": "r", "since": None}, Join(room="r")),
+        ({"action": "history", "room": "r"}, History(room="r", limit=50)),
+        ({"action": "history", "room": "r", "before": 9, "after": 2, "limit": 100},
+         History(room="r", before=9, after=2, limit=100)),
+        ({"action": "members", "room": "r", "id": "m"}, Members(room="r", id="m")),
     ],
 )
 def test_valid_frames_parse_to_requests(frame: dict[str, object], expected: object) -> None:
@@ -56,6 +66,17 @@ def test_unknown_fields_are_ignored() -> None:
         ('{"action": "join", "room": "a/b"}', ErrorCode.BAD_REQUEST),
         ('{"action": "send", "room": "ok", "data": 1, "id": ["x"]}', ErrorCode.BAD_REQUEST),
         ('{"action": "ping", "id": "\\udc80"}', ErrorCode.BAD_REQUEST),
+        # protocol v2 fields: non-negative integers, limit 1..100
+        ('{"action": "join", "room": "r", "since": -1}', ErrorCode.BAD_REQUEST),
+        ('{"action": "join", "room": "r", "since": 1.5}', ErrorCode.BAD_REQUEST),
+        ('{"action": "join", "room": "r", "since": "3"}', ErrorCode.BAD_REQUEST),
+        ('{"action": "join", "room": "r", "since": true}', ErrorCode.BAD_REQUEST),
+        ('{"action": "join", "room": "r", "since": 9007199254740992}', ErrorCode.BAD_REQUEST),
+        ('{"action": "history", "room": "r", "limit": 0}', ErrorCode.BAD_REQUEST),
+        ('{"action": "history", "room": "r", "limit": 101}', ErrorCode.BAD_REQUEST),
+        ('{"action": "history", "room": "r", "before": "x"}', ErrorCode.BAD_REQUEST),
+        ('{"action": "history"}', ErrorCode.BAD_REQUEST),
+        ('{"action": "members", "room": ""}', ErrorCode.BAD_REQUEST),
     ],
 )
 def test_invalid_frames_raise_with_their_code(text: str, code: ErrorCode) -> None:

@@ -154,6 +154,60 @@ class RecordChange:
         return not self.claim_welcome and self.rate is None and self.last_seen is None
 
 
+@dataclass(frozen=True)
+class JoinResult:
+    """What :meth:`ConnectionStore.join` did."""
+
+    #: The room's member count (connections) after the join.
+    members: int
+    #: False when the connection was already a member (nothing changed).
+    new: bool
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What :meth:`ConnectionStore.remove` deleted."""
+
+    #: The user stored with the connection (None when unknown or never authenticated).
+    user: str | None
+    #: The rooms the connection was in, sorted.
+    rooms: list[str]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message of a room's history (protocol v2)."""
+
+    seq: int
+    mid: str
+    sender: str
+    #: The message's ``data``, as compact JSON text (stored as sent, re-embedded on replay).
+    data_json: str
+    #: Epoch milliseconds when it was accepted.
+    ts: int
+
+
+@dataclass(frozen=True)
+class SendRecord:
+    """An accepted ``send``, remembered for idempotency: its ``seq`` and ``mid``."""
+
+    seq: int
+    mid: str
+
+
+@dataclass(frozen=True)
+class Presence:
+    """Who is in a room: users and their connection counts (at most the requested number)."""
+
+    users: list[tuple[str, int]]
+    #: The exact number of distinct users present.
+    count: int
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.users) < self.count
+
+
 def expires_at(connected_at: float) -> float:
     """When a record of a connection opened at ``connected_at`` stops counting."""
     return connected_at + MAX_CONNECTION_SECONDS + EXPIRY_GRACE_SECONDS
@@ -303,20 +357,21 @@ class ConnectionStore(ABC):
         now = self._clock()
         return self._retrying(lambda: self._mark_checked(connection_id, now))
 
-    def remove(self, connection_id: str) -> list[str]:
-        """Delete the connection and all its memberships; return the rooms it was in.
+    def remove(self, connection_id: str) -> Removal:
+        """Delete the connection and all its memberships; return its user and rooms.
 
-        Idempotent: removing an unknown connection returns ``[]``.  Each room's member count
-        drops by one for every membership actually removed.
+        Idempotent: removing an unknown connection returns no rooms.  Each room's member count
+        drops by one for every membership actually removed.  Presence is the caller's to update
+        (:meth:`presence_exit` per room), with the returned user.
         """
         _check_id(connection_id)
         return self._retrying(lambda: self._remove(connection_id))
 
-    def join(self, connection_id: str, room: str, *, user: str | None = None) -> int:
+    def join(self, connection_id: str, room: str, *, user: str | None = None) -> JoinResult:
         """Add the connection to ``room`` (idempotent); return the member count after joining.
 
         Costs O(1) in the room's size: the count is a counter, moved only when the membership is
-        new.  ``user`` is kept on the membership.
+        new (``JoinResult.new``).  ``user`` is kept on the membership.
         """
         _check_id(connection_id)
         _check_room(room)
@@ -371,6 +426,100 @@ class ConnectionStore(ABC):
         """Every member connection id of the room, sorted (all pages)."""
         return [member for page in self.member_pages(room) for member in page]
 
+    # ------------------------------------------------------------------ protocol v2
+
+    def publish(
+        self, room: str, *, mid: str, sender: str, data_json: str, ts: int, keep: int,
+        ttl_seconds: int,
+    ) -> int:
+        """Accept a message into ``room``: allocate its sequence number; keep it in history.
+
+        The room's head rises by exactly one (one write); with ``keep > 0`` the message is also
+        stored for ``ttl_seconds`` (one more write), and readers only see the last ``keep``.  A
+        failure after the first write burns that number: readers see a gap.  Returns the seq.
+        """
+        _check_room(room)
+        seq = self._retrying(lambda: self._next_seq(room))
+        if keep > 0:
+            message = StoredMessage(seq, mid, sender, data_json, ts)
+            expiry = int(ts // 1000) + ttl_seconds
+            self._retrying(lambda: self._put_message(room, message, expiry))
+        return seq
+
+    def head(self, room: str) -> int:
+        """The room's last sequence number (0 before its first message).  One read."""
+        _check_room(room)
+        return self._retrying(lambda: self._head(room))
+
+    def history(
+        self, room: str, *, after: int, upto: int, head: int, limit: int, keep: int,
+        ttl_seconds: int,
+    ) -> list[StoredMessage]:
+        """Retained messages with ``after < seq <= upto``: the newest ``limit``, ascending.
+
+        Retained: among the room's last ``keep`` (``seq > head - keep``) and younger than
+        ``ttl_seconds`` (filtered on read; DynamoDB's TTL deletes them later).  Bounded reads:
+        one Query page per 1 MB, never one read per message.
+        """
+        _check_room(room)
+        upto = min(upto, head)
+        low = max(after, head - keep)
+        if keep <= 0 or limit < 1 or low >= upto:
+            return []
+        oldest_ms = int((self._clock() - ttl_seconds) * 1000)
+        found = self._retrying(lambda: self._messages(room, low, upto, limit))
+        return [m for m in found if m.ts > oldest_ms]
+
+    def forget_message(self, room: str, seq: int) -> None:
+        """Delete one message from the room's history (a duplicate that lost a race)."""
+        _check_room(room)
+        self._retrying(lambda: self._delete_message(room, seq))
+
+    def recall_send(self, user: str, room: str, request_id: str) -> SendRecord | None:
+        """The accepted send ``request_id`` of ``user`` in ``room``, if remembered.  One read."""
+        _check_room(room)
+        now = self._clock()
+        return self._retrying(lambda: self._recall_send(user, room, request_id, now))
+
+    def remember_send(
+        self, user: str, room: str, request_id: str, record: SendRecord, ttl_seconds: int,
+    ) -> SendRecord | None:
+        """Remember an accepted send for ``ttl_seconds``; one conditional write.
+
+        Returns None when this call remembered it, or the record already there (another send
+        with the same id won a race): the caller's message is then the duplicate.
+        """
+        _check_room(room)
+        now = self._clock()
+        return self._retrying(
+            lambda: self._remember_send(user, room, request_id, record, now + ttl_seconds, now))
+
+    def presence_enter(self, room: str, user: str) -> int:
+        """One more connection of ``user`` in ``room``; returns the user's connections there.
+
+        1 means the user just arrived (announce ``join``).  One write.
+        """
+        _check_room(room)
+        now = self._clock()
+        count = self._retrying(lambda: self._presence_add(room, user, 1, now))
+        return 1 if count is None else count
+
+    def presence_exit(self, room: str, user: str) -> int | None:
+        """One connection of ``user`` fewer in ``room``; returns the user's connections left.
+
+        0 means the user just left (announce ``leave``); None means the user was not present
+        (nothing to announce).  One or two writes.
+        """
+        _check_room(room)
+        now = self._clock()
+        return self._retrying(lambda: self._presence_add(room, user, -1, now))
+
+    def presence(self, room: str, limit: int = 1000) -> Presence:
+        """The room's users with their connection counts (at most ``limit``), and the exact
+        number of users (a count over the presence items: O(users / 4 KB) reads)."""
+        _check_room(room)
+        return self._retrying(lambda: self._presence(room, limit))
+
     def idle_connections(self, idle_for: float, limit: int = 1000) -> list[IdleConnection]:
         """At most ``limit`` connections not seen alive for ``idle_for`` seconds, oldest first.
 
@@ -417,15 +566,15 @@ class ConnectionStore(ABC):
         """Set ``last_seen = now`` on an existing record; True if there was one."""
 
     @abstractmethod
-    def _remove(self, connection_id: str) -> list[str]:
-        """Delete the record, its rate counter and every membership (both sides), decrementing
-        each room's counter once per membership removed; return the rooms, sorted.  Must stay
+    def _remove(self, connection_id: str) -> Removal:
+        """Delete the record and every membership (both sides), decrementing each room's counter
+        once per membership removed; return the record's user and the rooms, sorted.  Must stay
         correct when retried after a partial failure."""
 
     @abstractmethod
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
         """Add both sides of the membership; increment the counter only if it is new; return
-        the counter."""
+        the counter and whether it was new."""
 
     @abstractmethod
     def _leave(self, connection_id: str, room: str) -> bool:
@@ -450,6 +599,48 @@ class ConnectionStore(ABC):
     ) -> tuple[list[str], str | None]:
         """Up to ``limit`` member ids greater than ``after``, ascending, and the cursor to pass
         next (None when this page is the last)."""
+
+    @abstractmethod
+    def _next_seq(self, room: str) -> int:
+        """Increment the room's head atomically; return the new value (1 for the first)."""
+
+    @abstractmethod
+    def _head(self, room: str) -> int:
+        """The room's head (0 when none)."""
+
+    @abstractmethod
+    def _put_message(self, room: str, message: StoredMessage, expires: int) -> None:
+        """Store one history message (expiring at epoch second ``expires``)."""
+
+    @abstractmethod
+    def _messages(self, room: str, low: int, high: int, limit: int) -> list[StoredMessage]:
+        """Stored messages with ``low < seq <= high``: the newest ``limit``, ascending."""
+
+    @abstractmethod
+    def _delete_message(self, room: str, seq: int) -> None:
+        """Delete one stored message (idempotent)."""
+
+    @abstractmethod
+    def _recall_send(
+        self, user: str, room: str, request_id: str, now: float
+    ) -> SendRecord | None:
+        """The unexpired send record, or None."""
+
+    @abstractmethod
+    def _remember_send(
+        self, user: str, room: str, request_id: str, record: SendRecord, expires: float,
+        now: float,
+    ) -> SendRecord | None:
+        """Store the record unless an unexpired one exists: None if stored, else that one."""
+
+    @abstractmethod
+    def _presence_add(self, room: str, user: str, delta: int, now: float) -> int | None:
+        """Add ``delta`` (+1/-1) to the user's connection count in the room; delete the item at
+        0.  Returns the new count; None for -1 on a user not present (nothing changes)."""
+
+    @abstractmethod
+    def _presence(self, room: str, limit: int) -> Presence:
+        """Up to ``limit`` present users (any order) and the exact user count."""
 
     @abstractmethod
     def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:

@@ -11,7 +11,16 @@ pk                     sk              attributes
 ``conn#<id>``          ``room#<room>`` joinedAt, expiresAt  (rooms of a connection)
 ``room#<room>``        ``conn#<id>``   joinedAt, expiresAt, user  (members of a room)
 ``room#<room>``        ``count``       members, expiresAt  (the room's member counter)
+``room#<room>``        ``user#<user>`` connections, expiresAt  (presence: a user's connections)
+``hist#<room>``        ``head``        seq  (the room's last sequence number)
+``hist#<room>``        ``msg#<seq>``   seq, mid, sender, data, ts, expiresAt  (history; seq is
+                                       zero-padded to 20 digits so it sorts)
+``send#<user>``        ``<room>#<id>`` seq, mid, expiresAt  (accepted sends, for idempotency)
 =====================  ==============  ==========================================================
+
+History and heads live in their own partition (``hist#``), not the room's: a busy room's
+messages and its joins do not share one partition's 1,000 writes/s.  Send records live in the
+sender's partition, spread over users.
 
 ``expiresAt`` (epoch seconds, integer) is the table's TTL attribute, so records of connections
 whose ``$disconnect`` never ran disappear on their own; until DynamoDB's TTL sweep gets to them
@@ -42,7 +51,6 @@ failures with jittered backoff, and two layers of retries multiply.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import threading
@@ -62,7 +70,12 @@ from chalicelib.store.base import (
     ConnectionRecord,
     ConnectionStore,
     IdleConnection,
+    JoinResult,
+    Presence,
     RecordChange,
+    Removal,
+    SendRecord,
+    StoredMessage,
     StoreOptions,
     TransientStoreError,
     expires_at,
@@ -85,8 +98,13 @@ SWEEP_SHARDS = 32
 
 _META = "meta"
 _COUNT = "count"
+_HEAD = "head"
 _CONN = "conn#"
 _ROOM = "room#"
+_USER = "user#"
+_HIST = "hist#"
+_MSG = "msg#"
+_SEND = "send#"
 
 #: Error codes worth retrying: the request was not applied, or may succeed on a second try.
 _TRANSIENT_CODES = frozenset(
@@ -358,25 +376,26 @@ class DynamoDbStore(ConnectionStore):
         )
         return done
 
-    def _remove(self, connection_id: str) -> list[str]:
-        sort_keys = [
-            item["sk"]["S"]
-            for item in self._query(
-                KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": {"S": _CONN + connection_id}},
-                ProjectionExpression="sk",
-                ConsistentRead=True,
-            )
-        ]
+    def _remove(self, connection_id: str) -> Removal:
+        items = self._query(
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": _CONN + connection_id}},
+            ProjectionExpression="sk, #user",
+            ExpressionAttributeNames={"#user": "user"},
+            ConsistentRead=True,
+        )
+        sort_keys = [item["sk"]["S"] for item in items]
+        user = next((item["user"]["S"] for item in items
+                     if item["sk"]["S"] == _META and "user" in item), None)
         rooms = sorted(sk[len(_ROOM) :] for sk in sort_keys if sk.startswith(_ROOM))
         # Room sides first (broadcasts stop, counters drop), the connection's own partition last:
         # if we fail halfway, a retry still finds every room through the connection's partition.
         for room in rooms:
             self._leave_room_side(connection_id, room)
         self._batch_write([_delete(_CONN + connection_id, sk) for sk in sort_keys])
-        return rooms
+        return Removal(user, rooms)
 
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
         # Memberships expire no later than the connection could (joined after it connected), so
         # an orphan left by a join racing a disconnect disappears through TTL; the counter lives
         # as long as its newest membership.
@@ -393,7 +412,8 @@ class DynamoDbStore(ConnectionStore):
             member["user"] = {"S": user}
         # The membership and the counter move together or not at all: the count stays exact
         # without ever counting the room.  A failed condition: already a member, nothing moves.
-        with contextlib.suppress(ConditionFailed):
+        new = True
+        try:
             self._call("transact_write_items", TransactItems=[
                 {"Put": {"TableName": self._table, "Item": member,
                          "ConditionExpression": "attribute_not_exists(pk)"}},
@@ -401,7 +421,9 @@ class DynamoDbStore(ConnectionStore):
                             "UpdateExpression": "ADD members :one SET expiresAt = :exp",
                             "ExpressionAttributeValues": {":one": _n(1), ":exp": expiry}}},
             ])
-        return self._member_count(room)
+        except ConditionFailed:
+            new = False
+        return JoinResult(self._member_count(room), new)
 
     def _leave(self, connection_id: str, room: str) -> bool:
         # The room's side first (broadcasts stop), the connection's side last (remove() relies on
@@ -476,6 +498,119 @@ class DynamoDbStore(ConnectionStore):
         ][:limit]
         more = bool(page.get("LastEvaluatedKey"))
         return ids, (ids[-1] if more and ids else None)
+
+    def _next_seq(self, room: str) -> int:
+        response = self._call(
+            "update_item", Key=_key(_HIST + room, _HEAD), UpdateExpression="ADD seq :one",
+            ExpressionAttributeValues={":one": _n(1)}, ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"]["seq"]["N"])
+
+    def _head(self, room: str) -> int:
+        response = self._call("get_item", Key=_key(_HIST + room, _HEAD), ConsistentRead=True)
+        item = response.get("Item")
+        return 0 if item is None else int(item["seq"]["N"])
+
+    def _put_message(self, room: str, message: StoredMessage, expires: int) -> None:
+        self._call("put_item", Item={
+            **_key(_HIST + room, _msg_sk(message.seq)),
+            "seq": _n(message.seq), "mid": {"S": message.mid}, "sender": {"S": message.sender},
+            "data": {"S": message.data_json}, "ts": _n(message.ts), TTL_ATTRIBUTE: _n(expires),
+        })
+
+    def _messages(self, room: str, low: int, high: int, limit: int) -> list[StoredMessage]:
+        found: list[StoredMessage] = []
+        # Newest first, so ``limit`` keeps the newest; each page is one bounded read (1 MB).
+        for page in self._query_pages(
+            KeyConditionExpression="pk = :pk AND sk BETWEEN :low AND :high",
+            ExpressionAttributeValues={":pk": {"S": _HIST + room},
+                                       ":low": {"S": _msg_sk(low + 1)},
+                                       ":high": {"S": _msg_sk(high)}},
+            ScanIndexForward=False,
+            ConsistentRead=True,
+            Limit=limit,
+        ):
+            found.extend(_message(item) for item in page["Items"])
+            if len(found) >= limit:
+                break
+        return sorted(found[:limit], key=lambda m: m.seq)
+
+    def _delete_message(self, room: str, seq: int) -> None:
+        self._call("delete_item", Key=_key(_HIST + room, _msg_sk(seq)))
+
+    def _recall_send(
+        self, user: str, room: str, request_id: str, now: float
+    ) -> SendRecord | None:
+        response = self._call(
+            "get_item", Key=_key(_SEND + user, f"{room}#{request_id}"), ConsistentRead=True)
+        item = response.get("Item")
+        if item is None or int(item[TTL_ATTRIBUTE]["N"]) <= now:
+            return None
+        return SendRecord(int(item["seq"]["N"]), item["mid"]["S"])
+
+    def _remember_send(
+        self, user: str, room: str, request_id: str, record: SendRecord, expires: float,
+        now: float,
+    ) -> SendRecord | None:
+        try:
+            self._call(
+                "put_item",
+                Item={**_key(_SEND + user, f"{room}#{request_id}"), "seq": _n(record.seq),
+                      "mid": {"S": record.mid}, TTL_ATTRIBUTE: _n(math.ceil(expires))},
+                # An expired record that TTL has not deleted yet does not count.
+                ConditionExpression="attribute_not_exists(pk) OR expiresAt <= :now",
+                ExpressionAttributeValues={":now": _n(now)},
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ConditionFailed as failed:
+            if failed.item is None:
+                raise StoreError(f"dynamodb remember_send on {self._table}: no item") from None
+            return SendRecord(int(failed.item["seq"]["N"]), failed.item["mid"]["S"])
+        return None
+
+    def _presence_add(self, room: str, user: str, delta: int, now: float) -> int | None:
+        key = _key(_ROOM + room, _USER + user)
+        if delta > 0:
+            response = self._call(
+                "update_item", Key=key,
+                UpdateExpression="ADD connections :delta SET expiresAt = :exp",
+                ExpressionAttributeValues={":delta": _n(delta), ":exp": _n(_ttl(now))},
+                ReturnValues="UPDATED_NEW",
+            )
+            return int(response["Attributes"]["connections"]["N"])
+        try:
+            response = self._call(
+                "update_item", Key=key, UpdateExpression="ADD connections :delta",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeValues={":delta": _n(delta)}, ReturnValues="UPDATED_NEW",
+            )
+        except ConditionFailed:
+            return None  # not present: nothing to announce
+        left = int(response["Attributes"]["connections"]["N"])
+        if left > 0:
+            return left
+        try:
+            self._call("delete_item", Key=key, ConditionExpression="connections <= :zero",
+                       ExpressionAttributeValues={":zero": _n(0)},
+                       ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ConditionFailed as failed:
+            # Another connection of the user entered in between: still present.
+            item = failed.item
+            return int(item["connections"]["N"]) if item is not None else 0
+        return 0
+
+    def _presence(self, room: str, limit: int) -> Presence:
+        condition = {
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :user)",
+            "ExpressionAttributeValues": {":pk": {"S": _ROOM + room}, ":user": {"S": _USER}},
+            "ConsistentRead": True,
+        }
+        page = self._call("query", ProjectionExpression="sk, connections", Limit=limit,
+                          **condition)
+        users = [(item["sk"]["S"][len(_USER):], int(item["connections"]["N"]))
+                 for item in page["Items"]]
+        count = sum(int(p["Count"]) for p in self._query_pages(Select="COUNT", **condition))
+        return Presence(users, count)
 
     def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:
         found: list[IdleConnection] = []
@@ -595,6 +730,20 @@ def _record(item: Item) -> ConnectionRecord:
         endpoint=item.get("endpoint", {}).get("S", ""),
         rate_window=int(item.get("rateWindow", {}).get("N", "0")),
         rate_count=int(item.get("rateCount", {}).get("N", "0")),
+    )
+
+
+def _msg_sk(seq: int) -> str:
+    return f"{_MSG}{seq:020d}"
+
+
+def _message(item: Item) -> StoredMessage:
+    return StoredMessage(
+        seq=int(item["seq"]["N"]),
+        mid=item["mid"]["S"],
+        sender=item["sender"]["S"],
+        data_json=item["data"]["S"],
+        ts=int(item["ts"]["N"]),
     )
 
 

@@ -16,7 +16,12 @@ from chalicelib.store.base import (
     ConnectionRecord,
     ConnectionStore,
     IdleConnection,
+    JoinResult,
+    Presence,
     RecordChange,
+    Removal,
+    SendRecord,
+    StoredMessage,
     StoreOptions,
 )
 
@@ -35,6 +40,10 @@ class MemoryStore(ConnectionStore):
         self._records: dict[str, ConnectionRecord] = {}
         self._rooms: dict[str, dict[str, str | None]] = {}  # room -> connection id -> user
         self._memberships: dict[str, set[str]] = {}  # connection id -> rooms
+        self._heads: dict[str, int] = {}  # room -> last seq
+        self._messages_by_room: dict[str, dict[int, StoredMessage]] = {}
+        self._sends: dict[tuple[str, str, str], tuple[SendRecord, float]] = {}
+        self._present: dict[str, dict[str, int]] = {}  # room -> user -> connections
 
     def _register(self, record: ConnectionRecord) -> None:
         with self._lock:
@@ -99,9 +108,9 @@ class MemoryStore(ConnectionStore):
             self._records[connection_id] = dataclasses.replace(record, last_seen=now)
             return True
 
-    def _remove(self, connection_id: str) -> list[str]:
+    def _remove(self, connection_id: str) -> Removal:
         with self._lock:
-            self._records.pop(connection_id, None)
+            record = self._records.pop(connection_id, None)
             rooms = self._memberships.pop(connection_id, set())
             for room in rooms:
                 members = self._rooms.get(room)
@@ -109,14 +118,15 @@ class MemoryStore(ConnectionStore):
                     members.pop(connection_id, None)
                     if not members:
                         del self._rooms[room]
-            return sorted(rooms)
+            return Removal(None if record is None else record.user, sorted(rooms))
 
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
         with self._lock:
             self._memberships.setdefault(connection_id, set()).add(room)
             members = self._rooms.setdefault(room, {})
+            new = connection_id not in members
             members.setdefault(connection_id, user)
-            return len(members)
+            return JoinResult(len(members), new)
 
     def _leave(self, connection_id: str, room: str) -> bool:
         with self._lock:
@@ -152,6 +162,66 @@ class MemoryStore(ConnectionStore):
         page = members[start : start + limit]
         more = start + limit < len(members)
         return page, (page[-1] if more and page else None)
+
+    def _next_seq(self, room: str) -> int:
+        with self._lock:
+            self._heads[room] = self._heads.get(room, 0) + 1
+            return self._heads[room]
+
+    def _head(self, room: str) -> int:
+        with self._lock:
+            return self._heads.get(room, 0)
+
+    def _put_message(self, room: str, message: StoredMessage, expires: int) -> None:
+        with self._lock:
+            self._messages_by_room.setdefault(room, {})[message.seq] = message
+
+    def _messages(self, room: str, low: int, high: int, limit: int) -> list[StoredMessage]:
+        with self._lock:
+            stored = self._messages_by_room.get(room, {})
+            seqs = sorted(seq for seq in stored if low < seq <= high)[-limit:]
+            return [stored[seq] for seq in seqs]
+
+    def _delete_message(self, room: str, seq: int) -> None:
+        with self._lock:
+            self._messages_by_room.get(room, {}).pop(seq, None)
+
+    def _recall_send(
+        self, user: str, room: str, request_id: str, now: float
+    ) -> SendRecord | None:
+        with self._lock:
+            found = self._sends.get((user, room, request_id))
+        return found[0] if found is not None and found[1] > now else None
+
+    def _remember_send(
+        self, user: str, room: str, request_id: str, record: SendRecord, expires: float,
+        now: float,
+    ) -> SendRecord | None:
+        with self._lock:
+            found = self._sends.get((user, room, request_id))
+            if found is not None and found[1] > now:
+                return found[0]
+            self._sends[(user, room, request_id)] = (record, expires)
+            return None
+
+    def _presence_add(self, room: str, user: str, delta: int, now: float) -> int | None:
+        with self._lock:
+            users = self._present.setdefault(room, {})
+            if delta < 0 and user not in users:
+                return None
+            count = users.get(user, 0) + delta
+            if count <= 0:
+                users.pop(user, None)
+                if not users:
+                    self._present.pop(room, None)
+                return 0
+            users[user] = count
+            return count
+
+    def _presence(self, room: str, limit: int) -> Presence:
+        with self._lock:
+            users = sorted(self._present.get(room, {}).items())
+        return Presence(users[:limit], len(users))
 
     def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:
         with self._lock:

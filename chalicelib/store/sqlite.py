@@ -24,7 +24,12 @@ from chalicelib.store.base import (
     ConnectionRecord,
     ConnectionStore,
     IdleConnection,
+    JoinResult,
+    Presence,
     RecordChange,
+    Removal,
+    SendRecord,
+    StoredMessage,
     StoreOptions,
     TransientStoreError,
     expires_at,
@@ -32,7 +37,7 @@ from chalicelib.store.base import (
 
 #: Bumped whenever the schema changes: an older local file is dropped and recreated (it only holds
 #: connections of gateway runs that are over, so nothing of value is lost).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS connections (
@@ -55,10 +60,41 @@ CREATE TABLE IF NOT EXISTS memberships (
     user_id       TEXT NULL,
     PRIMARY KEY (room, connection_id)
 );
-CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id)
+CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id);
+CREATE TABLE IF NOT EXISTS heads (
+    room          TEXT PRIMARY KEY,
+    seq           INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    room          TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    mid           TEXT NOT NULL,
+    sender        TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    ts            INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
+);
+CREATE TABLE IF NOT EXISTS sends (
+    user_id       TEXT NOT NULL,
+    room          TEXT NOT NULL,
+    request_id    TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    mid           TEXT NOT NULL,
+    expires_at    REAL NOT NULL,
+    PRIMARY KEY (user_id, room, request_id)
+);
+CREATE TABLE IF NOT EXISTS presence (
+    room          TEXT NOT NULL,
+    user_id       TEXT NOT NULL,
+    connections   INTEGER NOT NULL,
+    PRIMARY KEY (room, user_id)
+)
 """
 
-_OLD_TABLES = ("connections", "memberships", "message_rates")
+_OLD_TABLES = (
+    "connections", "memberships", "message_rates", "heads", "messages", "sends", "presence",
+)
 
 _RECORD_COLUMNS = (
     "connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint,"
@@ -276,8 +312,11 @@ class SqliteStore(ConnectionStore):
             ).rowcount
         return changed > 0
 
-    def _remove(self, connection_id: str) -> list[str]:
+    def _remove(self, connection_id: str) -> Removal:
         with self._write() as conn:
+            row = conn.execute(
+                "SELECT user_id FROM connections WHERE connection_id = ?", (connection_id,)
+            ).fetchone()
             rooms = [
                 row[0]
                 for row in conn.execute(
@@ -287,21 +326,21 @@ class SqliteStore(ConnectionStore):
             ]
             conn.execute("DELETE FROM memberships WHERE connection_id = ?", (connection_id,))
             conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
-        return rooms
+        return Removal(None if row is None or row[0] is None else str(row[0]), rooms)
 
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> int:
+    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
         with self._write() as conn:
-            conn.execute(
+            new = conn.execute(
                 "INSERT OR IGNORE INTO memberships (room, connection_id, joined_at, user_id)"
                 " VALUES (?, ?, ?, ?)",
                 (room, connection_id, now, user),
-            )
+            ).rowcount > 0
             # The count is exact here (one indexed range in one local file): SQLite has no
             # hot-partition problem to design around, unlike the DynamoDB counter item.
             count: int = conn.execute(
                 "SELECT count(*) FROM memberships WHERE room = ?", (room,)
             ).fetchone()[0]
-        return count
+        return JoinResult(count, new)
 
     def _leave(self, connection_id: str, room: str) -> bool:
         with self._translated() as conn:
@@ -349,6 +388,103 @@ class SqliteStore(ConnectionStore):
             ).fetchall()
         page = [row[0] for row in rows[:limit]]
         return page, (page[-1] if len(rows) > limit else None)
+
+    def _next_seq(self, room: str) -> int:
+        with self._translated() as conn:
+            # fetchall: the statement (and so the autocommit) completes only once it is drained.
+            rows = conn.execute(
+                "INSERT INTO heads (room, seq) VALUES (?, 1)"
+                " ON CONFLICT (room) DO UPDATE SET seq = seq + 1 RETURNING seq",
+                (room,),
+            ).fetchall()
+        return int(rows[0][0])
+
+    def _head(self, room: str) -> int:
+        with self._translated() as conn:
+            row = conn.execute("SELECT seq FROM heads WHERE room = ?", (room,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _put_message(self, room: str, message: StoredMessage, expires: int) -> None:
+        with self._translated() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO messages (room, seq, mid, sender, data, ts, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (room, message.seq, message.mid, message.sender, message.data_json, message.ts,
+                 expires),
+            )
+
+    def _messages(self, room: str, low: int, high: int, limit: int) -> list[StoredMessage]:
+        with self._translated() as conn:
+            rows = conn.execute(
+                "SELECT seq, mid, sender, data, ts FROM messages"
+                " WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq DESC LIMIT ?",
+                (room, low, high, limit),
+            ).fetchall()
+        return [StoredMessage(int(seq), str(mid), str(sender), str(data), int(ts))
+                for seq, mid, sender, data, ts in reversed(rows)]
+
+    def _delete_message(self, room: str, seq: int) -> None:
+        with self._translated() as conn:
+            conn.execute("DELETE FROM messages WHERE room = ? AND seq = ?", (room, seq))
+
+    def _recall_send(
+        self, user: str, room: str, request_id: str, now: float
+    ) -> SendRecord | None:
+        with self._translated() as conn:
+            row = conn.execute(
+                "SELECT seq, mid FROM sends WHERE user_id = ? AND room = ? AND request_id = ?"
+                " AND expires_at > ?",
+                (user, room, request_id, now),
+            ).fetchone()
+        return None if row is None else SendRecord(int(row[0]), str(row[1]))
+
+    def _remember_send(
+        self, user: str, room: str, request_id: str, record: SendRecord, expires: float,
+        now: float,
+    ) -> SendRecord | None:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT seq, mid FROM sends WHERE user_id = ? AND room = ? AND request_id = ?"
+                " AND expires_at > ?",
+                (user, room, request_id, now),
+            ).fetchone()
+            if row is not None:
+                return SendRecord(int(row[0]), str(row[1]))
+            conn.execute(
+                "INSERT OR REPLACE INTO sends (user_id, room, request_id, seq, mid, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (user, room, request_id, record.seq, record.mid, expires),
+            )
+        return None
+
+    def _presence_add(self, room: str, user: str, delta: int, now: float) -> int | None:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT connections FROM presence WHERE room = ? AND user_id = ?", (room, user)
+            ).fetchone()
+            if row is None and delta < 0:
+                return None
+            count = (0 if row is None else int(row[0])) + delta
+            if count <= 0:
+                conn.execute("DELETE FROM presence WHERE room = ? AND user_id = ?", (room, user))
+                return 0
+            conn.execute(
+                "INSERT OR REPLACE INTO presence (room, user_id, connections) VALUES (?, ?, ?)",
+                (room, user, count),
+            )
+        return count
+
+    def _presence(self, room: str, limit: int) -> Presence:
+        with self._translated() as conn:
+            rows = conn.execute(
+                "SELECT user_id, connections FROM presence WHERE room = ? ORDER BY user_id"
+                " LIMIT ?",
+                (room, limit),
+            ).fetchall()
+            count = conn.execute(
+                "SELECT count(*) FROM presence WHERE room = ?", (room,)
+            ).fetchone()[0]
+        return Presence([(str(u), int(c)) for u, c in rows], int(count))
 
     def _idle_connections(self, cutoff: float, limit: int) -> list[IdleConnection]:
         with self._translated() as conn:

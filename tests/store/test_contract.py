@@ -11,6 +11,9 @@ from chalicelib.store.base import (
     ACTIVITY_RESOLUTION_SECONDS,
     EXPIRY_GRACE_SECONDS,
     MAX_CONNECTION_SECONDS,
+    JoinResult,
+    SendRecord,
+    StoredMessage,
 )
 
 from .fakes import T0, FakeClock
@@ -181,16 +184,16 @@ def test_concurrent_claims_yield_one_winner(store: ConnectionStore, path: str) -
 
 
 def test_join_counts_members_including_joiner(store: ConnectionStore) -> None:
-    assert store.join("a", "lobby") == 1
-    assert store.join("b", "lobby") == 2
-    assert store.join("c", "other") == 1
+    assert store.join("a", "lobby").members == 1
+    assert store.join("b", "lobby").members == 2
+    assert store.join("c", "other").members == 1
     assert store.member_count("lobby") == 2
     assert store.member_count("nobody-here") == 0
 
 
 def test_join_is_idempotent(store: ConnectionStore) -> None:
-    assert store.join("a", "lobby") == 1
-    assert store.join("a", "lobby") == 1
+    assert store.join("a", "lobby") == JoinResult(members=1, new=True)
+    assert store.join("a", "lobby") == JoinResult(members=1, new=False)
     assert store.members("lobby") == ["a"]
     assert store.rooms_of("a") == ["lobby"]
     assert store.member_count("lobby") == 1
@@ -206,7 +209,7 @@ def test_leave_reports_membership(store: ConnectionStore) -> None:
     assert store.rooms_of("a") == []
     # A second leave does not decrement again: the count stays exact.
     assert store.member_count("lobby") == 1
-    assert store.join("a", "lobby") == 2
+    assert store.join("a", "lobby").members == 2
 
 
 def test_is_member(store: ConnectionStore) -> None:
@@ -234,7 +237,7 @@ def test_members(store: ConnectionStore) -> None:
 def test_members_of_large_room(store: ConnectionStore) -> None:
     ids = [f"conn-{i:04d}" for i in range(150)]
     for i, cid in enumerate(ids, start=1):
-        assert store.join(cid, "big") == i
+        assert store.join(cid, "big").members == i
     assert store.members("big") == ids
     assert store.member_count("big") == 150
 
@@ -279,7 +282,7 @@ def test_remove_returns_rooms_and_deletes_everything(store: ConnectionStore) -> 
     store.join("a", "lobby")
     store.join("a", "games")
     store.join("b", "lobby")
-    assert store.remove("a") == ["games", "lobby"]
+    assert store.remove("a").rooms == ["games", "lobby"]
     assert store.get("a") is None
     assert store.members("lobby") == ["b"]
     assert store.members("games") == []
@@ -293,9 +296,9 @@ def test_remove_returns_rooms_and_deletes_everything(store: ConnectionStore) -> 
 def test_remove_is_idempotent(store: ConnectionStore) -> None:
     register(store, "a")
     store.join("a", "lobby")
-    assert store.remove("a") == ["lobby"]
-    assert store.remove("a") == []
-    assert store.remove("never-registered") == []
+    assert store.remove("a").rooms == ["lobby"]
+    assert store.remove("a").rooms == []
+    assert store.remove("never-registered").rooms == []
     assert store.member_count("lobby") == 0
 
 
@@ -305,7 +308,7 @@ def test_remove_connection_in_many_rooms(store: ConnectionStore) -> None:
     rooms = [f"room-{i:02d}" for i in range(30)]
     for room in rooms:
         store.join("a", room)
-    assert store.remove("a") == rooms
+    assert store.remove("a").rooms == rooms
     assert all(store.members(room) == [] for room in rooms)
 
 
@@ -452,7 +455,7 @@ def test_remove_resets_the_message_rate(store: ConnectionStore, clock: FakeClock
     register(store, "c1")
     store.join("c1", "lobby")
     assert admit(store, "c1", limit=1).admitted is True
-    assert store.remove("c1") == ["lobby"]
+    assert store.remove("c1").rooms == ["lobby"]
     register(store, "c1")
     assert admit(store, "c1", limit=1).admitted is True
 
@@ -489,3 +492,159 @@ def test_concurrent_admits_never_exceed_the_limit(
         t.join(timeout=60)
     assert len(results) == 40
     assert results.count(True) == 17
+
+
+def test_remove_returns_the_user(store: ConnectionStore) -> None:
+    store.register("a", connected_at=T0, user="alice")
+    store.join("a", "lobby")
+    removal = store.remove("a")
+    assert (removal.user, removal.rooms) == ("alice", ["lobby"])
+    assert store.remove("a").user is None
+
+
+# ---------------------------------------------------------------- protocol v2: seq and history
+
+
+def publish(store: ConnectionStore, room: str, n: int, *, keep: int = 100, ts: int = 0,
+            ttl: int = 3600) -> int:
+    return store.publish(room, mid=f"mid-{n}", sender="alice", data_json=f'{{"n":{n}}}',
+                         ts=ts or int(T0 * 1000), keep=keep, ttl_seconds=ttl)
+
+
+def test_publish_numbers_each_room_from_one(store: ConnectionStore) -> None:
+    assert store.head("r") == 0
+    assert [publish(store, "r", n) for n in range(3)] == [1, 2, 3]
+    assert publish(store, "other", 0) == 1
+    assert store.head("r") == 3
+
+
+def test_concurrent_publishes_get_distinct_consecutive_numbers(store: ConnectionStore) -> None:
+    seqs: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(6)
+
+    def worker() -> None:
+        barrier.wait(timeout=10)
+        for n in range(5):
+            seq = publish(store, "busy", n, keep=0)
+            with lock:
+                seqs.append(seq)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(seqs) == list(range(1, 31))
+
+
+def test_history_returns_the_newest_within_the_range(store: ConnectionStore) -> None:
+    for n in range(1, 11):
+        publish(store, "r", n)
+    found = store.history("r", after=0, upto=10, head=10, limit=3, keep=100, ttl_seconds=3600)
+    assert [m.seq for m in found] == [8, 9, 10]
+    assert found[0] == StoredMessage(8, "mid-8", "alice", '{"n":8}', int(T0 * 1000))
+    middle = store.history("r", after=2, upto=5, head=10, limit=50, keep=100, ttl_seconds=3600)
+    assert [m.seq for m in middle] == [3, 4, 5]
+
+
+def test_history_keeps_only_the_last_messages(store: ConnectionStore) -> None:
+    for n in range(1, 11):
+        publish(store, "r", n, keep=4)
+    found = store.history("r", after=0, upto=10, head=10, limit=50, keep=4, ttl_seconds=3600)
+    assert [m.seq for m in found] == [7, 8, 9, 10]
+
+
+def test_history_filters_expired_messages(store: ConnectionStore, clock: FakeClock) -> None:
+    publish(store, "r", 1, ts=int(clock() * 1000))
+    clock.advance(50)
+    publish(store, "r", 2, ts=int(clock() * 1000))
+    clock.advance(20)  # the first is 70 s old, the second 20 s
+    found = store.history("r", after=0, upto=2, head=2, limit=50, keep=100, ttl_seconds=60)
+    assert [m.seq for m in found] == [2]
+
+
+def test_history_off_keeps_nothing_but_still_numbers(store: ConnectionStore) -> None:
+    assert publish(store, "r", 1, keep=0) == 1
+    assert store.history("r", after=0, upto=1, head=1, limit=5, keep=0, ttl_seconds=60) == []
+    assert store.head("r") == 1
+
+
+def test_forget_message(store: ConnectionStore) -> None:
+    for n in range(1, 4):
+        publish(store, "r", n)
+    store.forget_message("r", 2)
+    store.forget_message("r", 2)  # idempotent
+    found = store.history("r", after=0, upto=3, head=3, limit=50, keep=100, ttl_seconds=3600)
+    assert [m.seq for m in found] == [1, 3]
+
+
+def test_history_of_a_room_with_many_messages_reads_in_pages(store: ConnectionStore) -> None:
+    for n in range(1, 121):
+        publish(store, "long", n)
+    found = store.history("long", after=5, upto=120, head=120, limit=100, keep=200,
+                          ttl_seconds=3600)
+    assert [m.seq for m in found] == list(range(21, 121))
+
+
+# ---------------------------------------------------------------- protocol v2: idempotent send
+
+
+def test_remember_and_recall_a_send(store: ConnectionStore, clock: FakeClock) -> None:
+    assert store.recall_send("alice", "r", "id-1") is None
+    assert store.remember_send("alice", "r", "id-1", SendRecord(4, "m4"), 60) is None
+    assert store.recall_send("alice", "r", "id-1") == SendRecord(4, "m4")
+    # Another accepted send with the same id loses: the first record wins.
+    assert store.remember_send("alice", "r", "id-1", SendRecord(5, "m5"), 60) == SendRecord(
+        4, "m4")
+    # Per user and per room.
+    assert store.recall_send("bob", "r", "id-1") is None
+    assert store.recall_send("alice", "other", "id-1") is None
+    clock.advance(61)
+    assert store.recall_send("alice", "r", "id-1") is None
+    assert store.remember_send("alice", "r", "id-1", SendRecord(9, "m9"), 60) is None
+
+
+def test_concurrent_remembers_have_one_winner(store: ConnectionStore) -> None:
+    barrier = threading.Barrier(6)
+    results: list[SendRecord | None] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        barrier.wait(timeout=10)
+        result = store.remember_send("alice", "r", "same", SendRecord(n, f"m{n}"), 60)
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results.count(None) == 1
+    winner = store.recall_send("alice", "r", "same")
+    assert winner is not None and all(r in (None, winner) for r in results)
+
+
+# ---------------------------------------------------------------- protocol v2: presence
+
+
+def test_presence_counts_connections_per_user(store: ConnectionStore) -> None:
+    assert store.presence_enter("r", "alice") == 1
+    assert store.presence_enter("r", "alice") == 2
+    assert store.presence_enter("r", "bob") == 1
+    presence = store.presence("r")
+    assert (sorted(presence.users), presence.count) == ([("alice", 2), ("bob", 1)], 2)
+    assert store.presence_exit("r", "alice") == 1
+    assert store.presence_exit("r", "alice") == 0
+    assert store.presence_exit("r", "alice") is None  # not present: nothing to announce
+    presence = store.presence("r")
+    assert (presence.users, presence.count, presence.truncated) == ([("bob", 1)], 1, False)
+
+
+def test_presence_list_is_capped_but_the_count_is_exact(store: ConnectionStore) -> None:
+    for n in range(12):
+        store.presence_enter("r", f"user-{n:02d}")
+    presence = store.presence("r", limit=5)
+    assert len(presence.users) == 5 and presence.count == 12 and presence.truncated
+    assert store.presence("empty").count == 0

@@ -285,7 +285,7 @@ def test_remove_resends_unprocessed_items(
     stubber.add_response(
         "batch_write_item", {"UnprocessedItems": {}}, {"RequestItems": {TABLE: [meta]}}
     )
-    assert store.remove("c1") == ["lobby"]
+    assert store.remove("c1").rooms == ["lobby"]
     assert len(sleep.calls) == 1
 
 
