@@ -92,6 +92,9 @@ class TokenVerifier:
         audience: str | None = None,
         issuer: str | None = None,
         leeway: float = 30,
+        client_id: str | None = None,
+        token_use: str | None = None,
+        max_lifetime: float | None = None,
     ) -> None:
         if (secret is None) == (jwks is None):
             raise ValueError("exactly one of secret and jwks is required")
@@ -100,12 +103,20 @@ class TokenVerifier:
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
+        self._client_id = client_id
+        self._token_use = token_use
+        self._max_lifetime = max_lifetime or None
 
     @property
     def algorithms(self) -> tuple[str, ...]:
         return HS_ALGORITHMS if self._secret is not None else JWKS_ALGORITHMS
 
     def verify(self, token: str) -> str:
+        """The token's ``sub`` if it verifies and is in scope; call once per ``$connect``.
+
+        Raises :class:`AuthError` (403) for any refusal (its reason is escaped for logging),
+        :class:`JwksUnavailableError` when no JWKS key can be had (503).
+        """
         import jwt
 
         try:
@@ -114,15 +125,18 @@ class TokenVerifier:
             # Pinned per mode: the header's choice is only checked against the allowed list
             # (PyJWT checks again in decode); "none" and every other algorithm are refused.
             if alg not in self.algorithms:
-                raise AuthError(403, f"token algorithm {str(alg)[:16]!r} is not allowed")
+                raise AuthError(403, f"token algorithm {loggable(alg, 16)!r} is not allowed")
             key: Any = self._secret
             if self._jwks is not None:
                 kid = header.get("kid")
                 if not isinstance(kid, str) or not kid:
                     raise AuthError(403, "token has no 'kid' header")
                 key = self._jwks.key_for(kid, alg)
+            required = list(REQUIRED_CLAIMS)
+            if self._max_lifetime is not None:
+                required.append("iat")  # a lifetime cannot be bounded without it
             options: Any = {
-                "require": list(REQUIRED_CLAIMS),
+                "require": required,
                 "verify_aud": self._audience is not None,
                 "verify_iss": self._issuer is not None,
             }
@@ -136,11 +150,39 @@ class TokenVerifier:
                 options=options,
             )
         except jwt.PyJWTError as exc:
-            raise AuthError(403, f"token rejected: {type(exc).__name__}: {exc}") from None
+            # PyJWT's text may quote the token's header (a crit value holding a newline could
+            # forge a log line): escaped and truncated.
+            raise AuthError(403, f"token rejected: {type(exc).__name__}: {loggable(exc)}"
+                            ) from None
+        self._check_scope(claims)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_CHARS:
             raise AuthError(403, "token 'sub' must be a non-empty string")
         return sub
+
+    def _check_scope(self, claims: Mapping[str, Any]) -> None:
+        """Lifetime, Cognito ``token_use`` and ``client_id``; raises :class:`AuthError` (403)."""
+        if self._max_lifetime is not None:
+            # PyJWT has checked both are integers (or numeric strings) and iat is not ahead.
+            lifetime = int(claims["exp"]) - int(claims["iat"])
+            if lifetime > self._max_lifetime:
+                raise AuthError(
+                    403,
+                    f"token lifetime exp - iat = {lifetime} s is over the maximum"
+                    f" {self._max_lifetime:g} s (WS_AUTH_MAX_TOKEN_LIFETIME_SECONDS)",
+                )
+        if self._token_use is not None and claims.get("token_use") != self._token_use:
+            raise AuthError(
+                403,
+                f"token_use {loggable(claims.get('token_use'), 16)!r} is not"
+                f" {self._token_use!r} (WS_AUTH_TOKEN_USE)",
+            )
+        if self._client_id is not None and claims.get("client_id") != self._client_id:
+            raise AuthError(
+                403,
+                f"client_id {loggable(claims.get('client_id'), 128)!r} is not the configured"
+                " WS_AUTH_CLIENT_ID",
+            )
 
 
 class JwksUnavailableError(WsAppError):
@@ -435,10 +477,15 @@ class ConnectGate:
         return self._verifier is not None
 
     def admit(self, event: Mapping[str, Any]) -> Admission:
+        """Decide one raw ``$connect`` event: Origin first, then the token.
+
+        Raises :class:`AuthError` (401/403, reason escaped for logging) or
+        :class:`JwksUnavailableError` (answer 503); never lets a PyJWT or network error out.
+        """
         if self._allowed_origins:
             origin = _header(event, "origin")
             if origin is None or normalize_origin(origin) not in self._allowed_origins:
-                shown = "none" if origin is None else repr(origin[:100])
+                shown = "none" if origin is None else repr(loggable(origin, 100))
                 raise AuthError(403, f"origin {shown} is not in WS_ALLOWED_ORIGINS")
         if self._verifier is None:
             return Admission(user=None)
@@ -451,21 +498,26 @@ class ConnectGate:
 
 
 def build_gate(settings: Settings) -> ConnectGate:
-    verifier: TokenVerifier | None = None
-    if settings.auth_secret is not None:
-        verifier = TokenVerifier(
-            secret=settings.auth_secret,
-            audience=settings.auth_audience,
-            issuer=settings.auth_issuer,
-            leeway=settings.auth_leeway_seconds,
-        )
-    elif settings.auth_jwks_url is not None:
-        verifier = TokenVerifier(
-            jwks=JwksKeys(settings.auth_jwks_url),
-            audience=settings.auth_audience,
-            issuer=settings.auth_issuer,
-            leeway=settings.auth_leeway_seconds,
-        )
+    """The ``$connect`` gate for ``settings`` (auth off when neither mode is configured).
+
+    Call once per container and keep it (:func:`chalicelib.runtime.connect_gate` does): the JWKS
+    cache lives in it.  Raises nothing; settings were validated by :class:`Settings`.
+    """
+    jwks = None
+    if settings.auth_secret is None and settings.auth_jwks_url is not None:
+        jwks = JwksKeys(settings.auth_jwks_url)
+    if settings.auth_secret is None and jwks is None:
+        return ConnectGate(None, settings.allowed_origins)
+    verifier = TokenVerifier(
+        secret=settings.auth_secret,
+        jwks=jwks,
+        audience=settings.auth_audience,
+        issuer=settings.auth_issuer,
+        leeway=settings.auth_leeway_seconds,
+        client_id=settings.auth_client_id,
+        token_use=settings.auth_token_use,
+        max_lifetime=settings.auth_max_token_lifetime_seconds,
+    )
     return ConnectGate(verifier, settings.allowed_origins)
 
 
