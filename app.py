@@ -76,7 +76,9 @@ def _well_formed_only(handler: Any) -> Any:
                 raise BadEventError(f"requestContext lacks one of {', '.join(_WS_CONTEXT_KEYS)}")
             return handler(event, context)
         except BadEventError as exc:
-            app.log.error("malformed WebSocket event for %s: %s", name, exc)
+            from chalicelib.redaction import loggable
+
+            app.log.error("malformed WebSocket event for %s: %s", name, loggable(exc))
             return {"statusCode": 400}
 
     app.handler_map[name] = guarded
@@ -88,6 +90,7 @@ def _well_formed_only(handler: Any) -> Any:
 def connect(event: WebsocketEvent) -> dict[str, Any]:
     from chalicelib.auth import AuthError, JwksUnavailableError
     from chalicelib.errors import ConfigError
+    from chalicelib.redaction import loggable
     from chalicelib.runtime import connect_gate
 
     raw = event.to_dict()
@@ -100,11 +103,13 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
         raise
     except AuthError as exc:
         # Nothing is registered for a refused connection; the reason is logged, never the token.
-        app.log.info("$connect %s from %s refused with %d: %s",
-                     ctx.connection_id, ctx.source_ip, exc.status, exc.reason)
+        # Every client-controlled part is escaped (one log line per refusal, whatever it holds).
+        app.log.info("$connect %s from %s refused with %d: %s", loggable(ctx.connection_id),
+                     loggable(ctx.source_ip), exc.status, loggable(exc.reason, 500))
         return {"statusCode": exc.status}
     except JwksUnavailableError as exc:
-        app.log.error("$connect %s refused with 503: %s", ctx.connection_id, exc)
+        app.log.error("$connect %s refused with 503: %s", loggable(ctx.connection_id),
+                      loggable(exc, 500))
         return {"statusCode": 503}
     _messaging().on_connect(ctx, endpoint, user=admission.user)
     return {"statusCode": 200}

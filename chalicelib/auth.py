@@ -125,7 +125,7 @@ class TokenVerifier:
             # Pinned per mode: the header's choice is only checked against the allowed list
             # (PyJWT checks again in decode); "none" and every other algorithm are refused.
             if alg not in self.algorithms:
-                raise AuthError(403, f"token algorithm {loggable(alg, 16)!r} is not allowed")
+                raise AuthError(403, f"token algorithm '{loggable(alg, 16)}' is not allowed")
             key: Any = self._secret
             if self._jwks is not None:
                 kid = header.get("kid")
@@ -174,13 +174,13 @@ class TokenVerifier:
         if self._token_use is not None and claims.get("token_use") != self._token_use:
             raise AuthError(
                 403,
-                f"token_use {loggable(claims.get('token_use'), 16)!r} is not"
+                f"token_use '{loggable(claims.get('token_use'), 16)}' is not"
                 f" {self._token_use!r} (WS_AUTH_TOKEN_USE)",
             )
         if self._client_id is not None and claims.get("client_id") != self._client_id:
             raise AuthError(
                 403,
-                f"client_id {loggable(claims.get('client_id'), 128)!r} is not the configured"
+                f"client_id '{loggable(claims.get('client_id'), 128)}' is not the configured"
                 " WS_AUTH_CLIENT_ID",
             )
 
@@ -390,12 +390,12 @@ class JwksKeys:
                     f"no JWKS keys from {loggable(self._url)}: last fetch failed:"
                     f" {last_error or 'still in progress'}"
                 )
-            raise AuthError(403, f"no JWKS key with kid {loggable(kid, 64)!r}")
+            raise AuthError(403, f"no JWKS key with kid '{loggable(kid, 64)}'")
         # A JWK without "alg" gets one from its kty/crv (RSA -> RS256, EC P-256 -> ES256).
         if jwk.algorithm_name != alg:
             raise AuthError(
                 403,
-                f"JWKS key {loggable(kid, 64)!r} is for {jwk.algorithm_name},"
+                f"JWKS key '{loggable(kid, 64)}' is for {jwk.algorithm_name},"
                 f" token says {loggable(alg, 16)}",
             )
         return jwk.key
@@ -415,7 +415,7 @@ class JwksKeys:
             if self._not_before is not None and now < self._not_before:
                 return None, None  # backing off, or within the unknown-kid cooldown
             if not known and not stale:
-                logger.info("unknown JWKS kid %r; refreshing the key set", loggable(kid, 64))
+                logger.info("unknown JWKS kid '%s'; refreshing the key set", loggable(kid, 64))
             self._inflight = threading.Event()
             return self._inflight, None
 
@@ -485,7 +485,7 @@ class ConnectGate:
         if self._allowed_origins:
             origin = _header(event, "origin")
             if origin is None or normalize_origin(origin) not in self._allowed_origins:
-                shown = "none" if origin is None else repr(loggable(origin, 100))
+                shown = "none" if origin is None else f"'{loggable(origin, 100)}'"
                 raise AuthError(403, f"origin {shown} is not in WS_ALLOWED_ORIGINS")
         if self._verifier is None:
             return Admission(user=None)
