@@ -134,16 +134,22 @@ def disconnect(event: WebsocketEvent) -> None:
 @app.on_sqs_message(queue=WELCOME_QUEUE_NAME, batch_size=10)
 def welcome_follow_up(event: SQSEvent) -> None:
     from chalicelib.errors import BadEventError
+    from chalicelib.redaction import loggable
     from chalicelib.welcome import FollowUp
 
     service = _messaging()
+    configured = os.environ.get("WS_MANAGEMENT_ENDPOINT") or None
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
     undecided = []
     for record in event:
         try:
-            service.on_welcome_follow_up(FollowUp.from_json(record.body))
-        except BadEventError:
-            # A malformed body never gets better: drop it rather than redeliver it forever.
-            app.log.exception("dropping malformed welcome follow-up")
+            follow_up = FollowUp.from_json(record.body).trusted(configured=configured,
+                                                                region=region)
+            service.on_welcome_follow_up(follow_up)
+        except BadEventError as exc:
+            # A malformed body (or one naming a foreign endpoint) never gets better: drop it
+            # rather than redeliver it forever.
+            app.log.error("dropping malformed welcome follow-up: %s", loggable(exc, 400))
         except RuntimeError as exc:
             undecided.append(str(exc))
     if undecided:
