@@ -40,6 +40,8 @@ from chalicelib.redaction import loggable
 from chalicelib.settings import Settings, normalize_origin
 
 if TYPE_CHECKING:
+    import ssl
+
     from jwt import PyJWK
 
 logger = logging.getLogger(__name__)
@@ -195,16 +197,19 @@ class JwksFetchError(WsAppError):
     or no usable signing key.  Internal to :class:`JwksKeys`, which keeps its last good keys."""
 
 
-def download(url: str, *, deadline: float, max_bytes: int) -> bytes:
+def download(
+    url: str, *, deadline: float, max_bytes: int, tls: ssl.SSLContext | None = None
+) -> bytes:
     """GET ``url`` and return the body; raises :class:`JwksFetchError` for any failure.
 
     Call it from a thread that may block for up to ``deadline`` seconds, holding no lock.
-    ``deadline`` bounds the **whole** exchange (connect, request, headers, body), not each read:
-    a watchdog shuts the socket down when it passes, so a server dripping a byte at a time is
-    abandoned.  The body is read incrementally and the fetch stops as soon as it exceeds
-    ``max_bytes`` (a declared ``Content-Length`` over the cap is refused before reading).
+    ``deadline`` bounds the **whole** exchange (connect, TLS handshake, request, headers, body),
+    not each read: a watchdog shuts the socket down when it passes, so a server dripping a byte
+    at a time is abandoned.  The body is read incrementally and the fetch stops as soon as it
+    exceeds ``max_bytes`` (a declared ``Content-Length`` over the cap is refused before reading).
     Redirects are not followed (a 3xx is a failure) and proxies from the environment are not
-    used.  Name resolution happens before the socket exists and is only bounded by the resolver.
+    used.  ``tls`` defaults to the system trust store with hostname checking.  Name resolution
+    happens before the socket exists and is only bounded by the resolver.
     """
     import http.client  # here, not at import: cold starts of the message handlers stay low
     import socket
@@ -213,15 +218,32 @@ def download(url: str, *, deadline: float, max_bytes: int) -> bytes:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise JwksFetchError(f"not an http(s) URL: {loggable(url)}")
-    connection: http.client.HTTPConnection
-    if parts.scheme == "https":
-        connection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=deadline, context=ssl.create_default_context()
-        )
-    else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=deadline)
     expired = threading.Event()
-    opened: list[socket.socket] = []  # the socket, once connected (the response may own it)
+    opened: list[socket.socket] = []  # sockets the watchdog shuts down (the response may own one)
+
+    class Plain(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            opened.append(self.sock)
+
+    class Secure(http.client.HTTPSConnection):
+        # HTTPSConnection.connect without tunnels, and with the handshake after registration,
+        # so the deadline also covers a server that drips the TLS handshake.
+        def connect(self) -> None:
+            http.client.HTTPConnection.connect(self)
+            opened.append(self.sock)
+            context = tls or ssl.create_default_context()
+            self.sock = context.wrap_socket(
+                self.sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+            opened.append(self.sock)
+            if expired.is_set():
+                raise JwksFetchError(f"could not connect within the {deadline:g} s deadline")
+            self.sock.do_handshake()
+
+    connection = (Secure if parts.scheme == "https" else Plain)(
+        parts.hostname, parts.port, timeout=deadline
+    )
 
     def abandon() -> None:
         expired.set()
@@ -238,8 +260,6 @@ def download(url: str, *, deadline: float, max_bytes: int) -> bytes:
     response: http.client.HTTPResponse | None = None
     try:
         connection.connect()
-        if connection.sock is not None:
-            opened.append(connection.sock)
         if expired.is_set():
             raise JwksFetchError(f"could not connect within the {deadline:g} s deadline")
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

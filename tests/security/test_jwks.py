@@ -406,3 +406,86 @@ def test_callers_without_keys_wait_for_the_one_fetch(
         thread.join(WAIT)
         assert "value" in result, result
     assert hostile.requests == 1
+
+
+# ---------------------------------------------------------------- https
+
+
+def _self_signed(tmp_path: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(
+            ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_https_fetch_verifies_the_certificate(tmp_path: Any, hostile: HostileJwks) -> None:
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    assert hostile._server is not None
+    plain = hostile._server.socket
+    hostile._server.socket = server_context.wrap_socket(plain, server_side=True)
+    url = hostile.url.replace("http://", "https://")
+    trusting = ssl.create_default_context(cafile=cert)
+    assert download(url, deadline=WAIT, max_bytes=65536, tls=trusting) == hostile.good_body()
+    # The system trust store does not know this certificate: a fetch failure, not a crash.
+    with pytest.raises(JwksFetchError, match="SSLCertVerificationError"):
+        download(url, deadline=WAIT, max_bytes=65536)
+
+
+def test_tls_handshake_drip_is_abandoned_at_the_deadline() -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    outcome: dict[str, str] = {}
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)  # the ClientHello
+            try:
+                # A handshake record header announcing 16 KB, then one byte every 20 ms.
+                conn.sendall(b"\x16\x03\x03\x40\x00")
+                for _ in range(500):
+                    conn.sendall(b"\x00")
+                    time.sleep(0.02)
+                outcome["server"] = "completed"
+            except OSError:
+                outcome["server"] = "abandoned"
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/jwks.json"
+        with pytest.raises(JwksFetchError, match="deadline"):
+            download(url, deadline=0.3, max_bytes=65536)
+        thread.join(WAIT)
+        assert outcome == {"server": "abandoned"}
+    finally:
+        listener.close()
