@@ -123,21 +123,23 @@ class HostileJwks:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.stream(b'{"keys": [' + b" " * (50 * 1024 * 1024))
+                self.wfile.write(b'{"keys": [')
+                self.stream(50 * 1024 * 1024)
 
             def answer_huge_declared(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(60 * 1024 * 1024))
                 self.end_headers()
-                self.stream(b" " * (60 * 1024 * 1024))
+                self.stream(60 * 1024 * 1024)
 
-            def stream(self, body: bytes) -> None:
+            def stream(self, size: int) -> None:
+                """``size`` bytes of blanks in 64 KB writes, counted in ``owner.sent``."""
                 owner.sent = 0
-                view = memoryview(body)
-                for start in range(0, len(body), 65536):
-                    self.wfile.write(view[start:start + 65536])
-                    owner.sent += len(view[start:start + 65536])
+                block = b" " * 65536
+                while owner.sent < size:
+                    self.wfile.write(block)
+                    owner.sent += len(block)
                 owner.completed.set()
 
             def answer_drip(self) -> None:
