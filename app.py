@@ -77,7 +77,9 @@ def _well_formed_only(handler: Any) -> Any:
                 raise BadEventError(f"requestContext lacks one of {', '.join(_WS_CONTEXT_KEYS)}")
             return handler(event, context)
         except BadEventError as exc:
-            app.log.error("malformed WebSocket event for %s: %s", name, exc)
+            from chalicelib.redaction import loggable
+
+            app.log.error("malformed WebSocket event for %s: %s", name, loggable(exc))
             return {"statusCode": 400}
 
     app.handler_map[name] = guarded
@@ -89,6 +91,7 @@ def _well_formed_only(handler: Any) -> Any:
 def connect(event: WebsocketEvent) -> dict[str, Any]:
     from chalicelib.auth import AuthError, JwksUnavailableError
     from chalicelib.errors import ConfigError
+    from chalicelib.redaction import loggable
     from chalicelib.runtime import connect_gate
 
     raw = event.to_dict()
@@ -101,11 +104,13 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
         raise
     except AuthError as exc:
         # Nothing is registered for a refused connection; the reason is logged, never the token.
-        app.log.info("$connect %s from %s refused with %d: %s",
-                     ctx.connection_id, ctx.source_ip, exc.status, exc.reason)
+        # Every client-controlled part is escaped (one log line per refusal, whatever it holds).
+        app.log.info("$connect %s from %s refused with %d: %s", loggable(ctx.connection_id),
+                     loggable(ctx.source_ip), exc.status, loggable(exc.reason, 500))
         return {"statusCode": exc.status}
     except JwksUnavailableError as exc:
-        app.log.error("$connect %s refused with 503: %s", ctx.connection_id, exc)
+        app.log.error("$connect %s refused with 503: %s", loggable(ctx.connection_id),
+                      loggable(exc, 500))
         return {"statusCode": 503}
     _messaging().on_connect(ctx, endpoint, user=admission.user)
     return {"statusCode": 200}
@@ -136,16 +141,19 @@ def _each_record(event: SQSEvent, handle: Any) -> dict[str, list[dict[str, str]]
     source mapping (deploy/package.py sets it).
     """
     from chalicelib.errors import BadEventError, WsAppError
+    from chalicelib.redaction import loggable
 
     failures = []
     for record in event:
         message_id = str(record.to_dict().get("messageId", ""))
         try:
             handle(record.body)
-        except BadEventError:
-            app.log.exception("dropping malformed message %s", message_id)
+        except BadEventError as exc:
+            app.log.error("dropping malformed message %s: %s", loggable(message_id),
+                          loggable(exc, 400))
         except WsAppError as exc:
-            app.log.warning("message %s will be redelivered: %s", message_id, exc)
+            app.log.warning("message %s will be redelivered: %s", loggable(message_id),
+                            loggable(exc, 400))
             failures.append({"itemIdentifier": message_id})
     return {"batchItemFailures": failures}
 
@@ -155,7 +163,15 @@ def welcome_follow_up(event: SQSEvent) -> dict[str, list[dict[str, str]]]:
     from chalicelib.welcome import FollowUp
 
     service = _messaging()
-    return _each_record(event, lambda body: service.on_welcome_follow_up(FollowUp.from_json(body)))
+    configured = os.environ.get("WS_MANAGEMENT_ENDPOINT") or None
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+    def handle(body: str) -> None:
+        # A body naming a foreign endpoint is a BadEventError: dropped, never redelivered.
+        follow_up = FollowUp.from_json(body).trusted(configured=configured, region=region)
+        service.on_welcome_follow_up(follow_up)
+
+    return _each_record(event, handle)
 
 
 @app.on_sqs_message(queue=FANOUT_QUEUE_NAME, batch_size=4)

@@ -6,6 +6,7 @@ missing raises :class:`BadEventError` instead of a bare ``KeyError`` deep in a h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,3 +93,38 @@ def management_endpoint(
         "cannot derive the management endpoint: set WS_MANAGEMENT_ENDPOINT, or send events "
         "with an execute-api domainName, or apiId and stage with AWS_REGION set"
     )
+
+
+#: ``https://{api}.execute-api.{region}.amazonaws.com[.cn]/{stage}``, nothing else: API ids are
+#: 10 lower-case alphanumerics; no user info, port, further path, query or fragment.
+_EXECUTE_API_ENDPOINT = re.compile(
+    r"https://(?P<api>[a-z0-9]{10})\.execute-api\.(?P<region>[a-z]{2}(?:-[a-z]+)+-[0-9])"
+    r"\.amazonaws\.com(?P<cn>\.cn)?/(?P<stage>[A-Za-z0-9_-]{1,128})/?"
+)
+
+
+def execute_api_endpoint(url: str, *, region: str | None) -> str:
+    """``url`` (without a trailing slash) if it is an API Gateway management endpoint.
+
+    Call it before signing requests to an endpoint that came from a message rather than from
+    configuration or API Gateway itself.  Accepts only the
+    ``https://{api}.execute-api.{region}.amazonaws.com/{stage}`` shape (``.com.cn`` in China
+    regions) and, when ``region`` is known, only that region.  Raises :class:`BadEventError`
+    (with the value escaped for logging) for anything else, loopback and custom domains included.
+    """
+    from chalicelib.redaction import loggable
+
+    match = _EXECUTE_API_ENDPOINT.fullmatch(url) if isinstance(url, str) else None
+    if match is None:
+        raise BadEventError(
+            f"endpoint '{loggable(url, 120)}' is not an execute-api management endpoint"
+            " (https://{api}.execute-api.{region}.amazonaws.com/{stage})"
+        )
+    if bool(match["cn"]) != match["region"].startswith("cn-"):
+        raise BadEventError(f"endpoint '{loggable(url, 120)}' has the wrong domain for its region")
+    if region and match["region"] != region:
+        raise BadEventError(
+            f"endpoint '{loggable(url, 120)}' is in {match['region']}, not this deployment's"
+            f" region {region}"
+        )
+    return url.rstrip("/")

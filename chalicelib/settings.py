@@ -16,6 +16,11 @@ DEFAULT_STORE = "sqlite:///.local/connections.db"
 
 #: HS256 secrets shorter than this are refused (RFC 7518 3.2: at least the hash size, 256 bits).
 MIN_SECRET_BYTES = 32
+#: Default and ceiling of ``WS_AUTH_MAX_TOKEN_LIFETIME_SECONDS`` (``exp - iat``): 24 h, 30 days.
+DEFAULT_MAX_TOKEN_LIFETIME_SECONDS = 86400
+MAX_TOKEN_LIFETIME_CEILING_SECONDS = 30 * 86400
+#: Values of Cognito's ``token_use`` claim.
+TOKEN_USES = ("access", "id")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -37,6 +42,10 @@ class Settings:
     auth_audience: str | None = None
     auth_issuer: str | None = None
     auth_leeway_seconds: int = 30
+    auth_client_id: str | None = None
+    auth_token_use: str | None = None
+    #: 0 means no maximum (and ``iat`` is then not required).
+    auth_max_token_lifetime_seconds: int = DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
     allowed_origins: tuple[str, ...] = ()
     rate_limit: int = 100
     rate_window_seconds: int = 10
@@ -70,6 +79,9 @@ class Settings:
         secret = environ.get("WS_AUTH_SECRET") or None
         jwks_url = (environ.get("WS_AUTH_JWKS_URL") or "").strip() or None
         _check_auth(secret, jwks_url, in_lambda)
+        scope = _TokenScope.from_env(environ)
+        if in_lambda:
+            scope.check_deployed()
         return cls(
             connections_store=store,
             management_endpoint=environ.get("WS_MANAGEMENT_ENDPOINT") or None,
@@ -83,9 +95,15 @@ class Settings:
             in_lambda=in_lambda,
             auth_secret=secret,
             auth_jwks_url=jwks_url,
-            auth_audience=(environ.get("WS_AUTH_AUDIENCE") or "").strip() or None,
-            auth_issuer=(environ.get("WS_AUTH_ISSUER") or "").strip() or None,
+            auth_audience=scope.audience,
+            auth_issuer=scope.issuer,
             auth_leeway_seconds=_int(environ, "WS_AUTH_LEEWAY_SECONDS", 30, 0, 300),
+            auth_client_id=scope.client_id,
+            auth_token_use=scope.token_use,
+            auth_max_token_lifetime_seconds=_int(
+                environ, "WS_AUTH_MAX_TOKEN_LIFETIME_SECONDS", DEFAULT_MAX_TOKEN_LIFETIME_SECONDS,
+                0, MAX_TOKEN_LIFETIME_CEILING_SECONDS,
+            ),
             allowed_origins=_origins(environ.get("WS_ALLOWED_ORIGINS", "")),
             rate_limit=_int(environ, "WS_RATE_LIMIT", 100, 0, 100000),
             rate_window_seconds=_int(environ, "WS_RATE_WINDOW_SECONDS", 10, 1, 3600),
@@ -151,6 +169,58 @@ def _check_auth(secret: str | None, jwks_url: str | None, in_lambda: bool) -> No
             " refuses to run without WS_AUTH_SECRET (HS256) or WS_AUTH_JWKS_URL (RS256/ES256);"
             " see docs/security.md"
         )
+
+
+@dataclass(frozen=True)
+class _TokenScope:
+    """Who a token must be for: ``aud``, ``iss``, Cognito's ``client_id`` and ``token_use``."""
+
+    audience: str | None
+    issuer: str | None
+    client_id: str | None
+    token_use: str | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> _TokenScope:
+        """Read the four variables; raises :class:`ConfigError` for a bad combination."""
+        scope = cls(
+            audience=(environ.get("WS_AUTH_AUDIENCE") or "").strip() or None,
+            issuer=(environ.get("WS_AUTH_ISSUER") or "").strip() or None,
+            client_id=(environ.get("WS_AUTH_CLIENT_ID") or "").strip() or None,
+            token_use=(environ.get("WS_AUTH_TOKEN_USE") or "").strip() or None,
+        )
+        if scope.token_use is not None and scope.token_use not in TOKEN_USES:
+            raise ConfigError(
+                f"WS_AUTH_TOKEN_USE={scope.token_use!r} must be one of {', '.join(TOKEN_USES)}"
+                " (Cognito's token_use claim)"
+            )
+        if scope.token_use == "id" and scope.client_id is not None:
+            raise ConfigError(
+                "WS_AUTH_CLIENT_ID is checked against the client_id claim, which only Cognito"
+                " access tokens carry; with WS_AUTH_TOKEN_USE=id set WS_AUTH_AUDIENCE to the app"
+                " client id instead (ID tokens carry it in aud)"
+            )
+        return scope
+
+    def check_deployed(self) -> None:
+        """A deployed stage must pin the issuer and the app the token was minted for; raises
+        :class:`ConfigError` naming the missing variables."""
+        cognito = self.client_id is not None and self.token_use is not None
+        missing = []
+        if self.issuer is None:
+            missing.append("WS_AUTH_ISSUER")
+        if self.audience is None and not cognito:
+            missing.append(
+                "WS_AUTH_AUDIENCE (or WS_AUTH_CLIENT_ID and WS_AUTH_TOKEN_USE for Cognito access"
+                " tokens)"
+            )
+        if missing:
+            raise ConfigError(
+                "token scope is not configured: a deployed stage (AWS_LAMBDA_FUNCTION_NAME is"
+                " set) requires WS_AUTH_ISSUER and either WS_AUTH_AUDIENCE or WS_AUTH_CLIENT_ID +"
+                " WS_AUTH_TOKEN_USE, so tokens minted for another app or tenant are refused;"
+                f" missing: {'; '.join(missing)}; see docs/security.md"
+            )
 
 
 def _origins(raw: str) -> tuple[str, ...]:

@@ -3,7 +3,9 @@
 ``$connect`` must not post (the connection is not established yet: AWS answers 410), so it
 enqueues a follow-up on SQS with ``DelaySeconds``; by the time the message is handled the
 connection is open.  The body carries the management endpoint because an SQS event has no
-API Gateway domain in it.
+API Gateway domain in it -- but the body is not trusted with where signed requests go:
+:meth:`FollowUp.trusted` uses the configured ``WS_MANAGEMENT_ENDPOINT`` when there is one, and
+otherwise accepts only an execute-api endpoint of this region.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chalicelib.errors import BadEventError
+from chalicelib.events import execute_api_endpoint
 from chalicelib.queues import QueueAddress
 
 if TYPE_CHECKING:
@@ -45,6 +48,18 @@ class FollowUp:
         if not isinstance(endpoint, str) or not endpoint:
             raise BadEventError("welcome follow-up has no 'endpoint' string")
         return cls(connection_id=connection_id, endpoint=endpoint)
+
+    def trusted(self, *, configured: str | None, region: str | None) -> FollowUp:
+        """This follow-up aimed at an endpoint we trust; call before delivering it.
+
+        ``configured`` (``WS_MANAGEMENT_ENDPOINT``) wins whatever the body says.  Without it,
+        the body's endpoint must have the ``https://{api}.execute-api.{region}.amazonaws.com/
+        {stage}`` shape, in ``region`` when known.  Raises :class:`BadEventError` otherwise (the
+        message is dropped, never retried: the SigV4-signed calls would go to another host).
+        """
+        if configured:
+            return FollowUp(self.connection_id, configured.rstrip("/"))
+        return FollowUp(self.connection_id, execute_api_endpoint(self.endpoint, region=region))
 
 
 class WelcomeQueue:

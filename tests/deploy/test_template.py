@@ -232,19 +232,22 @@ def test_an_overlay_file_never_reaches_the_template(package: dict[str, Any]) -> 
 
 
 def test_empty_optional_auth_parameters_mean_not_configured() -> None:
-    """What the functions see with only AuthJwksUrl given: the other parameters default to ""."""
+    """What the functions see with only AuthJwksUrl given: the other parameters default to "",
+    read as not configured -- and a deployed stage without a token scope refuses to run."""
     environ = {"AWS_LAMBDA_FUNCTION_NAME": "ws-rooms-prod-websocket_connect",
                "CONNECTIONS_STORE": "dynamodb://ws-rooms-prod-connections",
                **{variable: "" for variable, _definition in AUTH_PARAMETERS.values()},
                "WS_AUTH_JWKS_URL": "https://idp.example.com/.well-known/jwks.json"}
-    settings = Settings.from_env(environ)
+    with pytest.raises(ConfigError, match="WS_AUTH_ISSUER"):
+        Settings.from_env(environ)
+    scoped = {**environ, "WS_AUTH_ISSUER": "https://idp.example.com",
+              "WS_AUTH_AUDIENCE": "app-client"}
+    settings = Settings.from_env(scoped)
     assert settings.auth_enabled
-    assert settings.auth_audience is None
-    assert settings.auth_issuer is None
     assert settings.allowed_origins == ()
     # And an empty JWKS URL is "no authentication", which Lambda refuses.
     with pytest.raises(ConfigError, match="WS_AUTH_JWKS_URL"):
-        Settings.from_env({**environ, "WS_AUTH_JWKS_URL": ""})
+        Settings.from_env({**scoped, "WS_AUTH_JWKS_URL": ""})
 
 
 def _parameter_value(template: dict[str, Any], value: Any) -> Any:

@@ -370,7 +370,8 @@ def test_lambda_without_auth_names_both_variables() -> None:
     env = {"AWS_LAMBDA_FUNCTION_NAME": "f", "CONNECTIONS_STORE": "dynamodb://table"}
     with pytest.raises(ConfigError, match=r"WS_AUTH_SECRET.*WS_AUTH_JWKS_URL"):
         Settings.from_env(env)
-    assert Settings.from_env({**env, "WS_AUTH_SECRET": SECRET}).auth_enabled
+    scoped = {"WS_AUTH_SECRET": SECRET, "WS_AUTH_ISSUER": ISSUER, "WS_AUTH_AUDIENCE": AUDIENCE}
+    assert Settings.from_env({**env, **scoped}).auth_enabled
 
 
 def test_secret_is_not_in_the_settings_repr() -> None:

@@ -106,3 +106,73 @@ def test_tokens_absent_from_logs_of_real_connects(
     for token in (good, bad, SECRET, OTHER_SECRET):
         assert token not in caplog.text  # ... without the token
     assert good.split(".")[2] not in caplog.text and bad.split(".")[2] not in caplog.text
+
+
+# Opaque (not JWT-shaped) secrets, so only the form-specific patterns can catch them: each of
+# these leaked before issue 15.
+OPAQUE = "IQoJb3JpZ2luX2VjEBAaCXVzLWVhc3QtMSJHMEUCIQD0paque"
+FORMS = [
+    # botocore DEBUG output: header values are bytes
+    "{'X-Amz-Security-Token': b'%s', 'Host': 'x'}",
+    "{'X-Amz-Security-Token': b\"%s\"}",
+    "{'Authorization': b'AWS4-HMAC-SHA256 Credential=AKIA/x, Signature=%s'}",
+    # percent-encoded key, or '=' / '&' encoded (a URL inside a URL)
+    "GET /api?%%74oken=%s&room=a",
+    "GET /api?room=a&%%74%%6F%%6B%%65%%6E=%s",
+    "next=%%2Fapi%%3Froom%%3Da%%26token%%3D%s",
+    # other *_token names
+    "GET /api?auth_token=%s",
+    "GET /api?session_token=%s&room=a",
+    "refresh-token=%s",
+    "X-Amz-Security-Token=%s",
+    # dict reprs and JSON with a quoted secret key
+    "{'queryStringParameters': {'token': '%s', 'room': 'a'}}",
+    "{'multiValueQueryStringParameters': {'token': ['%s', 'x']}}",
+    '{"token": "%s"}',
+    "{'auth_token': b'%s'}",
+    "{'client_secret': '%s'}",
+]
+
+
+@pytest.mark.parametrize("template", FORMS)
+def test_redact_removes_opaque_secrets_in_every_form(template: str) -> None:
+    text = template % OPAQUE
+    cleaned = redact(text)
+    assert OPAQUE not in cleaned, cleaned
+    assert OPAQUE[:12] not in cleaned, cleaned
+    assert REDACTED in cleaned
+
+
+def test_redact_keeps_the_shape_and_the_neighbours() -> None:
+    assert redact("{'token': 'abc', 'room': 'lobby'}") == (
+        f"{{'token': '{REDACTED}', 'room': 'lobby'}}"
+    )
+    assert redact("GET /api?%74oken=abc&room=lobby") == f"GET /api?%74oken={REDACTED}&room=lobby"
+    assert redact("a%26token%3Dabc%26room%3Dlobby") == f"a%26token%3D{REDACTED}%26room%3Dlobby"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["tokens=5 rooms=3", "WS_AUTH_TOKEN_USE='access'", "{'token_use': 'access'}",
+     "{'authorizer': {'principalId': 'x'}}", "room=lobby&id=7"],
+)
+def test_redact_leaves_lookalike_names_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_redact_is_linear_on_hostile_input() -> None:
+    # Long runs of key characters must not backtrack quadratically (bounded by the test timeout;
+    # this finishes in well under a second).
+    for text in ("a" * 200_000, "%41" * 70_000, "_token" * 40_000, "'" + "a-" * 100_000 + "'"):
+        assert redact(text) == text
+
+
+def test_botocore_debug_record_with_byte_headers_is_scrubbed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    redaction.install()
+    headers = {"X-Amz-Security-Token": OPAQUE.encode(), "Authorization": b"AWS4 " + b"s" * 20}
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("botocore.endpoint").debug("Sending http request: %s", headers)
+    assert "Sending http request" in caplog.text
+    assert OPAQUE not in caplog.text and "s" * 20 not in caplog.text
