@@ -57,19 +57,36 @@ AUTH_PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
         "Description": "JWKS URL the $connect tokens are verified against (RS256/ES256), e.g."
                        " https://cognito-idp.REGION.amazonaws.com/POOL_ID/.well-known/jwks.json",
     }),
+    "AuthIssuer": ("WS_AUTH_ISSUER", {
+        "Type": "String",
+        "AllowedPattern": "^https://.+",
+        "ConstraintDescription": "an https:// URL",
+        "Description": "Required 'iss' of tokens (Cognito:"
+                       " https://cognito-idp.REGION.amazonaws.com/POOL_ID)",
+    }),
     "AuthAudience": ("WS_AUTH_AUDIENCE", {
         "Type": "String",
         "Default": "",
-        "Description": "Required 'aud' of tokens (Cognito: the app client id, for ID tokens);"
-                       " empty: not checked",
+        "Description": "Required 'aud' of tokens (Cognito ID tokens: the app client id); empty:"
+                       " use AuthClientId + AuthTokenUse instead (the TokenScope rule wants one)",
     }),
-    "AuthIssuer": ("WS_AUTH_ISSUER", {
+    "AuthClientId": ("WS_AUTH_CLIENT_ID", {
         "Type": "String",
         "Default": "",
-        "AllowedPattern": "^(https://.+)?$",
-        "ConstraintDescription": "empty or an https:// URL",
-        "Description": "Required 'iss' of tokens (Cognito:"
-                       " https://cognito-idp.REGION.amazonaws.com/POOL_ID); empty: not checked",
+        "Description": "Required 'client_id' of tokens (Cognito access tokens carry no 'aud')",
+    }),
+    "AuthTokenUse": ("WS_AUTH_TOKEN_USE", {
+        "Type": "String",
+        "Default": "",
+        "AllowedValues": ["", "access", "id"],
+        "Description": "Required 'token_use' (Cognito: access or id), with AuthClientId",
+    }),
+    "AuthMaxTokenLifetimeSeconds": ("WS_AUTH_MAX_TOKEN_LIFETIME_SECONDS", {
+        "Type": "String",
+        "Default": "86400",
+        "AllowedPattern": "^[0-9]{1,7}$",
+        "ConstraintDescription": "seconds, 0..2592000 (0: no maximum)",
+        "Description": "Longest accepted token lifetime (exp - iat), in seconds",
     }),
     "AllowedOrigins": ("WS_ALLOWED_ORIGINS", {
         "Type": "String",
@@ -152,6 +169,19 @@ def merge_template(stage: str) -> dict[str, Any]:
     template["Outputs"]["ManagementEndpoint"] = {"Value": {"Fn::Sub": endpoint}}
     template["Parameters"].update(
         {parameter: definition for parameter, (_variable, definition) in AUTH_PARAMETERS.items()})
+    # A stack cannot be created without a token scope: any token the IdP signed (another app
+    # client, another tenant) would otherwise be admitted.  The functions refuse it too.
+    template["Rules"] = {"TokenScope": {"Assertions": [{
+        "Assert": {"Fn::Or": [
+            {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuthAudience"}, ""]}]},
+            {"Fn::And": [
+                {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuthClientId"}, ""]}]},
+                {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuthTokenUse"}, ""]}]},
+            ]},
+        ]},
+        "AssertDescription": "set AuthAudience, or AuthClientId and AuthTokenUse (Cognito access"
+                             " tokens): tokens must be scoped to this app",
+    }]}}
     template["Parameters"].update({
         parameter: {"Type": "Number", "Default": default, "MinValue": 1, "Description": text}
         for parameter, (text, default) in THROTTLING_PARAMETERS.items()})

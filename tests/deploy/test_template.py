@@ -210,6 +210,10 @@ def test_every_function_gets_auth_from_the_stack_parameters(package: dict[str, A
         assert variables["WS_AUTH_JWKS_URL"] == {"Ref": "AuthJwksUrl"}, logical_id
         assert variables["WS_AUTH_AUDIENCE"] == {"Ref": "AuthAudience"}, logical_id
         assert variables["WS_AUTH_ISSUER"] == {"Ref": "AuthIssuer"}, logical_id
+        assert variables["WS_AUTH_CLIENT_ID"] == {"Ref": "AuthClientId"}, logical_id
+        assert variables["WS_AUTH_TOKEN_USE"] == {"Ref": "AuthTokenUse"}, logical_id
+        assert variables["WS_AUTH_MAX_TOKEN_LIFETIME_SECONDS"] == {
+            "Ref": "AuthMaxTokenLifetimeSeconds"}, logical_id
         assert variables["WS_ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}, logical_id
         assert "WS_AUTH_SECRET" not in variables, logical_id
     parameters = template["Parameters"]
@@ -220,11 +224,19 @@ def test_every_function_gets_auth_from_the_stack_parameters(package: dict[str, A
         "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json")
     for bad in ("", "http://idp.example.com/jwks.json", "cognito-idp.amazonaws.com"):
         assert not pattern.fullmatch(bad), bad
-    for name in ("AuthAudience", "AuthIssuer", "AllowedOrigins"):
+    for name in ("AuthAudience", "AuthClientId", "AuthTokenUse", "AllowedOrigins"):
         assert parameters[name]["Default"] == "", name
+    # Token scope: the issuer is required, and the TokenScope rule wants an audience or a
+    # Cognito client id + token use, so a prod stack cannot admit any token its IdP signed.
+    assert "Default" not in parameters["AuthIssuer"], "AuthIssuer must be required"
     issuer = re.compile(parameters["AuthIssuer"]["AllowedPattern"])
-    assert issuer.fullmatch("") and issuer.fullmatch("https://idp.example.com")
-    assert not issuer.fullmatch("http://idp.example.com")
+    assert issuer.fullmatch("https://idp.example.com")
+    assert not issuer.fullmatch("") and not issuer.fullmatch("http://idp.example.com")
+    assert parameters["AuthTokenUse"]["AllowedValues"] == ["", "access", "id"]
+    [assertion] = template["Rules"]["TokenScope"]["Assertions"]
+    refs = json.dumps(assertion["Assert"])
+    assert all(f'"Ref": "{name}"' in refs for name in ("AuthAudience", "AuthClientId",
+                                                       "AuthTokenUse"))
 
 
 def test_an_overlay_file_never_reaches_the_template(package: dict[str, Any]) -> None:

@@ -62,7 +62,7 @@ def test_without_configuration_a_foreign_endpoint_is_dropped(
     finally:
         app.log.removeHandler(caplog.handler)
     assert attacker.calls == [] and harness.api.calls == []
-    assert caplog.text.count("dropping malformed welcome follow-up") == 2
+    assert caplog.text.count("dropping malformed message") == 2
     assert "\nINFO forged" not in caplog.text
 
 
