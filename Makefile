@@ -48,7 +48,7 @@ bench-quick: $(STAMP)
 		--plot .local/bench-quick/fanout.png
 
 # Capacity model (docs/capacity.md): DynamoDB units per action through the real handlers on moto,
-# the app-wide ceiling and which limit sets it, dollars per million messages.  Under a minute.
+# the app-wide ceiling and which limit sets it, dollars per million messages.  A few minutes.
 capacity: $(STAMP)
 	$(PY) -m bench.capacity --out docs/capacity.md
 
