@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import math
@@ -396,6 +397,8 @@ def measure_all(config: ModelConfig) -> Measurements:
 
         # -- one connection's life: connect, first message, steady messages
         a, cost = app.measure(app.connect)
+        _expect(cost.writes == 1, "the meter saw no DynamoDB write on connect: the hooks are not"
+                " on the store's client")
         out.add("connect", "connect", cost)
         reply, cost = app.measure(lambda: app.ping(a))
         _expect(reply["type"] == "pong", f"first ping answered {reply}")
@@ -878,6 +881,16 @@ def build_model(m: Measurements, dep: Deployment) -> Model:
     return Model(m, dep, profiles, room, targets)
 
 
+def concurrency_sweep(model: Model) -> list[tuple[int, float]]:
+    """Modelled time of the big room for a few worker MaximumConcurrency values."""
+    out = []
+    for workers in (2, 3, 4, 5, 6, 8):
+        dep = dataclasses.replace(model.dep, worker_concurrency=Constant(workers, "sweep"))
+        room = big_room(model.room.members, dep, model.measurements.member_item_bytes)
+        out.append((workers, room.total_seconds))
+    return out
+
+
 def run(config: ModelConfig) -> Model:
     started = time.monotonic()
     measurements = measure_all(config)
@@ -1079,6 +1092,10 @@ def render(model: Model, command: str) -> str:
         f" traffic): {room.delivery_seconds:.1f} s for {room.members - 1:,} recipients.",
         f"- Total, sender + queue pickup ({ESM_PICKUP_S.value:g} s) + delivery, not overlapped:"
         f" **{room.total_seconds:.1f} s** (target {m.config.target_seconds:g} s).",
+        "- By worker MaximumConcurrency: " + ", ".join(
+            f"{w}: {t:.1f} s" for w, t in concurrency_sweep(model)) + f". Above"
+        f" {int(APIGW_ACCOUNT_RPS.value // room.per_worker_rate)} workers the deliveries alone"
+        " would exceed the account throttle.",
         "",
         f"## Dollars per million messages ({small.label} is the headline)",
         "",
