@@ -877,7 +877,9 @@ def build_model(m: Measurements, dep: Deployment) -> Model:
         room.total_seconds <= cfg.target_seconds,
         f"{room.total_seconds:.1f} s modelled ({room.batches} batches, "
         f"{dep.worker_concurrency.value:g} workers x {room.per_worker_rate:,.0f} posts/s,"
-        f" bound by {room.rate_bound})"))
+        f" bound by {room.rate_bound})"
+        + (f"; worker MaximumConcurrency {dep.worker_concurrency.source}"
+           if dep.worker_concurrency.source.startswith("assumed") else "")))
     return Model(m, dep, profiles, room, targets)
 
 
@@ -1017,7 +1019,9 @@ def render(model: Model, command: str) -> str:
             " store does. No store change moves it; the quota is adjustable: 10,000 messages/s"
             " needs "
             + ", ".join(f"{rps:,} requests/s ({label})" for label, rps in needed.items())
-            + ". Behind API Gateway (DynamoDB and Lambda) the ceiling is well above 10,000.",
+            + ". Behind API Gateway (DynamoDB table quotas and Lambda concurrency) the ceiling is "
+            + ", ".join(f"{backend(p).messages_per_second:,.0f}/s ({p.label}, {backend(p).name})"
+                        for p in model.profiles[:2]) + ".",
             "",
         ]
     out += [
