@@ -917,7 +917,8 @@ def action_rows(model: Model) -> list[list[str]]:
         c = action.cost
         rows.append([action.name, c.calls_text(), _n(c.wcu), _n(c.rcu),
                      f"{_n(c.index_writes)} ({_n(c.index_wcu)} WCU)", f"{c.largest_item:,}",
-                     _n(c.posts + c.gets), action.note])
+                     _n(c.posts + c.gets),
+                     action.note + (f" ({c.unpriced} calls not priced)" if c.unpriced else "")])
     return rows
 
 
@@ -1133,6 +1134,9 @@ def render(model: Model, command: str) -> str:
         f" disconnect cost {_n(m['connect'].total_wcu + m['disconnect'].total_wcu)} WRU and"
         f" {_n(m['connect'].rcu + m['disconnect'].rcu)} RRU per connection.",
         "",
+    ]
+    out += observations(model)
+    out += [
         "## Constants and their sources",
         "",
     ]
@@ -1195,6 +1199,43 @@ def render(model: Model, command: str) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def observations(model: Model) -> list[str]:
+    """What the figures say beyond the targets (computed, so they follow the code)."""
+    m, room = model.measurements, model.room
+    join, steady, large = m["join_small"], m["steady"], m["send_large"]
+    transaction = join.units_by_operation.get("TransactWriteItems", 0)
+    room_reads = max((units[1] for key, units in large.partitions.items()
+                      if key.startswith("room#")), default=0.0)
+    out = ["## Observations", ""]
+    out.append(
+        f"- A join costs {_n(join.total_wcu)} WRU and {_n(join.rcu)} RRU, the same in a room of"
+        f" {m.config.join_room_sizes[0]} and of {m.config.join_room_sizes[1]}; of it,"
+        f" {_n(steady.wcu)} WRU and {_n(steady.rcu)} RRU are the message's own admission and"
+        f" {_n(transaction)} WRU the membership-and-counter transaction (two items, billed"
+        " twice). Leave and disconnect pay the same doubling; connection churn, not message"
+        " traffic, is where those units go.")
+    out.append(
+        f"- Member pages are read strongly consistent: the send to {m.config.large_room:,} reads"
+        f" {_n(room_reads)} RCU on the room's partition; an eventually consistent page would"
+        " halve that (and a room of 10's 1 RCU to 0.5), at the price of a member who joined"
+        " within the replication lag possibly missing one message.")
+    if room.batches > room.ideal_batches:
+        out.append(
+            f"- Fan-out packing: each member page (FANOUT_INLINE_MAX + 1 ="
+            f" {model.dep.inline_max.value + 1:g} members) is packed into batches on its own, so"
+            f" a {room.members:,}-member room makes {room.batches} queue messages where"
+            f" {room.ideal_batches} would do (one recipient left over per page). It costs SQS"
+            " requests and worker invocations, not delivery time; paging by a multiple of"
+            " FANOUT_BATCH_SIZE, or carrying the remainder into the next page, removes it.")
+    out.append(
+        f"- The sweep's fixed cost is one eventually consistent Query per shard per run"
+        f" ({_n(m['sweep'].rcu)} RCU for {model.dep.sweep_shards.value:g} shards); each record it"
+        f" verifies is one write plus {_n(m['sweep_record'].index_wcu)} index write units (its"
+        " entry moves to the back).")
+    out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -196,13 +196,8 @@ class Cost:
     #: Units per partition key value: {"conn#...": [write units, read units]} (index writes are
     #: under "<index> <partition value>").
     partitions: dict[str, list[float]] = field(default_factory=dict)
-
-    def hottest(self, kind: int) -> tuple[str, float]:
-        """The partition with the most write (kind 0) or read (kind 1) units, and its units."""
-        if not self.partitions:
-            return "", 0.0
-        key = max(self.partitions, key=lambda name: self.partitions[name][kind])
-        return key, self.partitions[key][kind]
+    #: Table write and read units per operation name (index writes not included).
+    units_by_operation: dict[str, float] = field(default_factory=dict)
 
     @property
     def reads(self) -> int:
@@ -232,6 +227,8 @@ class Cost:
             queued_batches=self.queued_batches / divisor,
             partitions={key: [w / divisor, r / divisor]
                         for key, (w, r) in self.partitions.items()},
+            units_by_operation={op: units / divisor
+                                for op, units in self.units_by_operation.items()},
         )
         per.calls.update(self.calls)
         per.divisor = divisor
@@ -332,18 +329,19 @@ class Meter:
         if operation == "GetItem":
             size = item_size(before)
             self._add(cost, rcu=read_units(size, consistent), largest=size,
-                      partition=self._partition(request["Key"]))
+                      partition=self._partition(request["Key"]), operation=operation)
         elif operation == "Query":
             sizes, partition = before
             self._add(cost, rcu=read_units(sum(sizes), consistent), largest=max(sizes, default=0),
-                      partition=partition)
+                      partition=partition, operation=operation)
         elif operation in WRITE_OPERATIONS:
             factor = 2 if operation == "TransactWriteItems" else 1
             for table, key, old in before:
                 new = self._get(table, key)
                 old_size, new_size = item_size(old), item_size(new)
                 self._add(cost, wcu=factor * write_units(old_size, new_size),
-                          largest=max(old_size, new_size), partition=self._partition(key))
+                          largest=max(old_size, new_size), partition=self._partition(key),
+                          operation=operation)
                 if not failed:
                     self._index_cost(cost, old, new)
         else:
@@ -377,8 +375,11 @@ class Meter:
             cost.partitions.setdefault(partition, [0.0, 0.0])[0] += units
 
     def _add(self, cost: Cost, *, wcu: float = 0, rcu: float = 0, largest: int = 0,
-             partition: str = "") -> None:
+             partition: str = "", operation: str = "") -> None:
         with self._lock:
+            if operation:
+                by_operation = cost.units_by_operation
+                by_operation[operation] = by_operation.get(operation, 0.0) + wcu + rcu
             cost.wcu += wcu
             cost.rcu += rcu
             cost.largest_item = max(cost.largest_item, largest)
