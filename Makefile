@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit run venv clean browser soak bench bench-quick
+.PHONY: test lint typecheck unit run venv clean browser soak bench bench-quick capacity
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick $(if $(PEER),--peer) --out .local/bench-quick/benchmarks.md \
 		--plot .local/bench-quick/fanout.png
+
+# Capacity model (docs/capacity.md): DynamoDB units per action through the real handlers on moto,
+# the app-wide ceiling and which limit sets it, dollars per million messages.  A few minutes.
+capacity: $(STAMP)
+	$(PY) -m bench.capacity --out docs/capacity.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .local
