@@ -567,9 +567,10 @@ class Messaging:
             for page in audience.pages():
                 total = total + self._deliver(endpoint, page, payload)
             return total
-        queued = 0
-        for page in audience.pages():
-            queued += self._fanout_queue.enqueue(audience.room, endpoint, payload, page)
+        # One stream over every page: batches are packed across page boundaries (full batches,
+        # not one short batch per page), and the room is never held in one list.
+        recipients = itertools.chain.from_iterable(audience.pages())
+        queued = self._fanout_queue.enqueue(audience.room, endpoint, payload, recipients)
         return RoomDelivery(delivered=0, gone=0, failed=0, queued=queued)
 
     def _announce(
