@@ -13,7 +13,7 @@ const STATE_TEXT = {
 
 let client = null;
 let activeRoom = null;
-const rooms = new Map(); // room -> {messages: [], unread: 0}
+const rooms = new Map(); // room -> {messages: [], unread: 0, members: null}
 
 const time = (date) => date.toLocaleTimeString([], { hour12: false });
 const sizeText = (bytes) => (bytes < 1024 ? `${bytes} B` : `${(bytes / 1024).toFixed(1)} KB`);
@@ -99,7 +99,7 @@ function renderMessages() {
   list.scrollTop = list.scrollHeight;
 }
 
-function messageItem({ from, mine, text, at, note, system }) {
+function messageItem({ from, mine, text, at, note, system, history }) {
   if (system) {
     return el("li", { className: "system" },
       el("time", { dateTime: at.toISOString() }, time(at)), ` · ${text}`);
@@ -107,11 +107,37 @@ function messageItem({ from, mine, text, at, note, system }) {
   const who = mine ? `you (${from || "?"})` : from;
   return el(
     "li",
-    { className: mine ? "mine" : "" },
+    { className: [mine ? "mine" : "", history ? "history" : ""].join(" ").trim() },
     el("span", { className: "meta" }, el("span", { className: "from" }, who), " · ",
       el("time", { dateTime: at.toISOString() }, time(at)), note ? ` · ${note}` : ""),
     el("span", { className: "text" }, text),
   );
+}
+
+function renderMembers() {
+  const list = $("member-list");
+  list.replaceChildren();
+  const info = activeRoom === null ? null : rooms.get(activeRoom);
+  const members = info && info.members;
+  $("member-count").textContent = members ? `${members.count} ${members.count === 1 ? "user" : "users"}` : "–";
+  if (!members) return;
+  for (const { user, connections } of members.users) {
+    const mine = client && user === client.connectionId;
+    const label = `${user}${connections > 1 ? ` ×${connections}` : ""}${mine ? " (you)" : ""}`;
+    list.append(el("li", {}, label));
+  }
+  if (members.truncated) list.append(el("li", {}, `… and ${members.count - members.users.length} more`));
+}
+
+async function refreshMembers(room) {
+  if (!client || !rooms.has(room)) return;
+  try {
+    const reply = await client.members(room);
+    if (rooms.has(room)) rooms.get(room).members = reply.data;
+  } catch {
+    return; // presence off, or not a member any more: the list stays as it was
+  }
+  if (room === activeRoom) renderMembers();
 }
 
 function selectRoom(room) {
@@ -121,10 +147,11 @@ function selectRoom(room) {
   $("send-room").textContent = room ?? "room";
   renderRooms();
   renderMessages();
+  renderMembers();
 }
 
 function addMessage(room, message) {
-  if (!rooms.has(room)) rooms.set(room, { messages: [], unread: 0 });
+  if (!rooms.has(room)) rooms.set(room, { messages: [], unread: 0, members: null });
   const info = rooms.get(room);
   info.messages.push(message);
   if (room === activeRoom) {
@@ -160,8 +187,19 @@ function wire(c) {
     $("welcome").textContent = `connection ${e.detail.connectionId}, protocol ${e.detail.protocol}`;
   });
   c.addEventListener("message", (e) => {
-    const { room, from, data, time: at } = e.detail;
-    addMessage(room, { from, mine: false, text: dataText(data), at });
+    const { room, from, data, time: at, seq, replay } = e.detail;
+    const note = replay ? `#${seq}, missed while away` : seq ? `#${seq}` : "";
+    addMessage(room, { from, mine: false, text: dataText(data), at, note });
+  });
+  c.addEventListener("presence", (e) => {
+    const { room, event, user } = e.detail;
+    addMessage(room, { system: true, at: new Date(), text: `${user} ${event === "join" ? "joined" : "left"}` });
+    refreshMembers(room);
+  });
+  c.addEventListener("gap", (e) => {
+    const { room, from, to } = e.detail;
+    const what = from === to ? `message #${from} is` : `messages #${from}–#${to} are`;
+    addMessage(room, { system: true, at: new Date(), text: `${what} no longer available` });
   });
   c.addEventListener("frame", (e) => logRow(e.detail));
   c.addEventListener("error", (e) => notice(`Server error: ${e.detail.code}: ${e.detail.message}`, "error"));
@@ -187,7 +225,10 @@ function wire(c) {
     const failedText = failed.length ? `; could not re-join ${failed.map((f) => f.room).join(", ")}` : "";
     notice(`Reconnected and re-joined ${ok.join(", ") || "no rooms"}${failedText}.`, failed.length ? "warn" : "ok");
     logEvent("rejoin", `re-joined ${ok.join(", ")}${failedText}`, failed.length > 0);
-    for (const room of ok) addMessage(room, { system: true, at: new Date(), text: "re-joined after reconnecting" });
+    for (const room of ok) {
+      addMessage(room, { system: true, at: new Date(), text: "re-joined after reconnecting" });
+      refreshMembers(room);
+    }
     for (const f of failed) forgetRoom(f.room);
   });
 }
@@ -251,10 +292,20 @@ function setup() {
     const room = input.value.trim();
     act("join", async () => {
       const reply = await client.join(room);
-      if (!rooms.has(room)) rooms.set(room, { messages: [], unread: 0 });
+      if (!rooms.has(room)) rooms.set(room, { messages: [], unread: 0, members: null });
       const members = reply.data.members;
+      // The room's recent history first (protocol v2), then the join itself.
+      try {
+        const past = await client.history(room, { limit: 20 });
+        for (const m of past.data.messages) {
+          addMessage(room, { from: m.from, mine: false, text: dataText(m.data), at: new Date(m.ts), note: `#${m.seq}, earlier`, history: true });
+        }
+      } catch {
+        // history off on this server: nothing to show
+      }
       addMessage(room, { system: true, at: new Date(), text: `you joined ${room} (${members} member${members === 1 ? "" : "s"})` });
       selectRoom(room);
+      refreshMembers(room);
       input.value = "";
       $("message").focus();
     });
@@ -280,8 +331,9 @@ function setup() {
       const pendingSend = client.send(room, { text });
       box.value = "";
       const reply = await pendingSend;
-      const { delivered, gone, failed } = reply.data;
-      addMessage(room, { from: client.connectionId, mine: true, text, at: new Date(), note: `delivered ${delivered}${gone ? `, gone ${gone}` : ""}${failed ? `, failed ${failed}` : ""}` });
+      const { delivered, gone, failed, queued, seq } = reply.data;
+      const counts = `delivered ${delivered}${queued ? `, queued ${queued}` : ""}${gone ? `, gone ${gone}` : ""}${failed ? `, failed ${failed}` : ""}`;
+      addMessage(room, { from: client.connectionId, mine: true, text, at: new Date(), note: seq ? `#${seq} · ${counts}` : counts });
     });
   });
   $("message").addEventListener("keydown", (e) => {

@@ -7,8 +7,15 @@
 //   await client.join("lobby");
 //   await client.send("lobby", { text: "hi" });
 //
-// Events (CustomEvent; the payload is in `event.detail`): state, open, welcome, message, frame,
-// close, reconnecting, rejoined, error. See docs/browser-client.md.
+// Events (CustomEvent; the payload is in `event.detail`): state, open, welcome, message, presence,
+// gap, frame, close, reconnecting, rejoined, error, and one per any other server frame type
+// (`client.on("typing", fn)`). See docs/browser-client.md.
+//
+// Protocol v2 (docs/protocol.md): the client tracks the last `seq` of every room, re-joins with
+// `since` after a reconnect, drops duplicates by `seq`, fills gaps from `history` (or emits
+// `gap`), resends unacknowledged sends with their `id`, takes `token` as a string or an async
+// function called on every (re)connect, and renews the connection before API Gateway's 2-hour
+// limit.
 
 /** Default reconnect policy: full-jitter exponential backoff, bounded. */
 export const DEFAULT_RECONNECT = Object.freeze({
@@ -18,6 +25,20 @@ export const DEFAULT_RECONNECT = Object.freeze({
   maxAttempts: 10, // then give up (state "closed")
   stopOnStatus: [401, 403], // a refused upgrade with these HTTP statuses is final
 });
+
+/** API Gateway closes every connection after 2 hours: renew it 5 minutes before. */
+export const DEFAULT_MAX_SESSION_MS = (7200 - 300) * 1000;
+
+/**
+ * Sans-I/O resume decisions for one room message (shared logic with the Python client):
+ * "deliver", "duplicate" (seq already seen) or "gap" (numbers missing before it).
+ */
+export function judge(last, seq) {
+  if (last === undefined || last === null) return { verdict: "deliver" };
+  if (seq <= last) return { verdict: "duplicate" };
+  if (seq === last + 1) return { verdict: "deliver" };
+  return { verdict: "gap", from: last + 1, to: seq - 1 };
+}
 
 /** API Gateway's per-frame limit: a larger client frame closes the connection with 1009. */
 export const FRAME_LIMIT_BYTES = 32 * 1024;
@@ -66,6 +87,9 @@ export class RequestError extends Error {
   }
 }
 
+/** Client events that a server frame type of the same name must not shadow. */
+const INTERNAL_EVENTS = new Set(["state", "open", "close", "frame", "reconnecting", "rejoined", "gap", "welcome", "identity"]);
+
 let idCounter = 0;
 function newId() {
   idCounter += 1;
@@ -83,7 +107,8 @@ export class RoomsClient extends EventTarget {
   constructor(url, options = {}) {
     super();
     this.url = url;
-    this.token = options.token || "";
+    this.token = options.token || ""; // a string, or an async function called on every dial
+    this.maxSessionMs = options.maxSessionMs ?? DEFAULT_MAX_SESSION_MS;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 10000;
     this.probeRefusals = options.probeRefusals ?? true;
     this.rejoin = options.rejoin ?? true;
@@ -95,6 +120,11 @@ export class RoomsClient extends EventTarget {
     this._ws = null;
     this._pending = new Map(); // id -> {resolve, reject, timer, action}
     this._rooms = new Set();
+    this._lastSeq = new Map(); // room -> last seq delivered (protocol v2)
+    this._held = new Map(); // room -> messages held while a gap before them is filled
+    this._unacked = new Map(); // send id -> frame, resent after a reconnect
+    this._sessionTimer = null;
+    this._refusedOnce = false;
     this._attempt = 0; // failed attempts since the last open
     this._retryTimer = null;
     this._intentional = false;
@@ -115,10 +145,28 @@ export class RoomsClient extends EventTarget {
     return [...this._rooms].sort();
   }
 
-  /** The URL actually dialled: `url` plus `?token=` when a token is set. */
+  /** The URL dialled with a string token: `url` plus `?token=` (not for token functions). */
   get connectUrl() {
     const url = new URL(this.url);
-    if (this.token) url.searchParams.set("token", this.token);
+    if (typeof this.token === "string" && this.token) url.searchParams.set("token", this.token);
+    return url.toString();
+  }
+
+  /** The last `seq` seen of `room` (what a resume starts after), or undefined. */
+  lastSeq(room) {
+    return this._lastSeq.get(room);
+  }
+
+  /** Call `fn(detail)` for every event of `type` (any server frame type included). */
+  on(type, fn) {
+    this.addEventListener(type, (event) => fn(event.detail));
+    return this;
+  }
+
+  async _dialUrl() {
+    const token = typeof this.token === "function" ? await this.token() : this.token;
+    const url = new URL(this.url);
+    if (token) url.searchParams.set("token", token);
     return url.toString();
   }
 
@@ -170,21 +218,160 @@ export class RoomsClient extends EventTarget {
     return this.request("whoami");
   }
 
-  async join(room) {
-    const reply = await this.request("join", { room });
+  /**
+   * Join `room`. With `since` (a seq), the messages after it are replayed (docs/protocol.md);
+   * either way the room is tracked and resumed after every reconnect.
+   */
+  async join(room, { since } = {}) {
+    const fields = since === undefined || since === null ? { room } : { room, since };
+    if (fields.since !== undefined && !this._lastSeq.has(room)) this._lastSeq.set(room, since);
+    const reply = await this.request("join", fields);
     this._rooms.add(room);
+    this._startCursor(room, reply.data.seq, fields.since !== undefined);
     return reply;
   }
 
   async leave(room) {
     const reply = await this.request("leave", { room });
     this._rooms.delete(room);
+    this._lastSeq.delete(room);
     return reply;
   }
 
-  /** Send `data` (any JSON value) to every other member of `room`; resolves with the `sent` reply. */
-  send(room, data) {
-    return this.request("send", { room, data });
+  /**
+   * Send `data` (any JSON value) to every other member of `room`; resolves with the `sent` reply.
+   * Unacknowledged sends are resent after a reconnect with the same `id`: the server answers
+   * `duplicate: true` if the first had been accepted, so nothing is delivered twice.
+   */
+  async send(room, data, { id } = {}) {
+    const frameId = id || newId();
+    // A frame over API Gateway's limit closes the connection (1009): resending it would only
+    // close the next one too.
+    const resendable = byteLength(JSON.stringify({ room, data, action: "send", id: frameId })) <= FRAME_LIMIT_BYTES;
+    this._unacked.set(frameId, { action: "send", room, data, id: frameId });
+    try {
+      for (let attempt = 0; ; attempt += 1) {
+        try {
+          return await this._requestWithId(frameId, "send", { room, data });
+        } catch (err) {
+          const retry = resendable && err.code === "closed" && !this._intentional && attempt < 5;
+          if (!retry) throw err;
+          await this._reopened();
+        }
+      }
+    } finally {
+      this._unacked.delete(frameId);
+    }
+  }
+
+  /** The room's history (docs/protocol.md): `{before, after, limit}` are optional. */
+  history(room, { before, after, limit } = {}) {
+    const fields = { room };
+    if (before !== undefined) fields.before = before;
+    if (after !== undefined) fields.after = after;
+    if (limit !== undefined) fields.limit = limit;
+    return this.request("history", fields);
+  }
+
+  /** Who is in the room: `{count, users: [{user, connections}], truncated}`. */
+  members(room) {
+    return this.request("members", { room });
+  }
+
+  _requestWithId(id, action, fields, { timeoutMs = this.requestTimeoutMs } = {}) {
+    if (!this._ws || this._ws.readyState !== 1) {
+      return Promise.reject(new RequestError("closed", `not connected (state ${this._state})`));
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new RequestError("timeout", `no reply to ${action} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._pending.set(id, { resolve, reject, timer, action });
+      this._sendRaw({ ...fields, action, id });
+    });
+  }
+
+  /** Resolves when the connection is open again (rejects when the client closes for good). */
+  _reopened() {
+    if (this._state === "open") return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onState = (event) => {
+        if (event.detail.state === "open") {
+          this.removeEventListener("state", onState);
+          resolve();
+        } else if (event.detail.state === "closed") {
+          this.removeEventListener("state", onState);
+          reject(new RequestError("closed", "the client closed"));
+        }
+      };
+      this.addEventListener("state", onState);
+    });
+  }
+
+  _startCursor(room, head, resuming) {
+    if (typeof head !== "number") return;
+    const last = this._lastSeq.get(room);
+    if (last === undefined) this._lastSeq.set(room, head);
+    else if (!resuming) this._lastSeq.set(room, Math.max(head, last));
+  }
+
+  /** A room message: deliver in seq order, drop duplicates, fill gaps from history. */
+  _roomMessage(data, frame) {
+    const room = data.room;
+    if (this._held.has(room)) {
+      this._held.get(room).push([data, frame]);
+      return;
+    }
+    const judged = judge(this._lastSeq.get(room), data.seq);
+    if (judged.verdict === "duplicate") return;
+    if (judged.verdict === "gap") {
+      this._held.set(room, [[data, frame]]);
+      this._fill(room, judged.from, judged.to);
+      return;
+    }
+    this._lastSeq.set(room, data.seq);
+    this._emitMessage(data);
+  }
+
+  _emitMessage(data) {
+    this._emit("message", {
+      room: data.room,
+      from: data.from,
+      data: data.data,
+      seq: data.seq,
+      mid: data.mid,
+      ts: data.ts,
+      replay: Boolean(data.replay),
+      time: new Date(),
+    });
+  }
+
+  async _fill(room, from, to) {
+    let found = new Map();
+    try {
+      const reply = await this.history(room, { after: from - 1, before: to + 1, limit: Math.min(100, to - from + 1) });
+      for (const message of reply.data.messages || []) found.set(message.seq, message);
+    } catch {
+      found = new Map();
+    }
+    let seq = from;
+    while (seq <= to) {
+      if (found.has(seq)) {
+        this._lastSeq.set(room, seq);
+        this._emitMessage(found.get(seq));
+        seq += 1;
+        continue;
+      }
+      let end = seq;
+      while (end + 1 <= to && !found.has(end + 1)) end += 1;
+      this._emit("gap", { room, from: seq, to: end });
+      this._lastSeq.set(room, end);
+      seq = end + 1;
+    }
+    const held = this._held.get(room) || [];
+    this._held.delete(room);
+    for (const [data, frame] of held) this._roomMessage(data, frame);
   }
 
   // ----- internals ---------------------------------------------------------------------------
@@ -216,7 +403,13 @@ export class RoomsClient extends EventTarget {
       old.close(1000, "replaced");
     }
     this._setState("connecting");
-    const url = this.connectUrl;
+    return this._dialUrl().then((url) => this._open(url), (err) => {
+      this._setState("closed");
+      throw err;
+    });
+  }
+
+  _open(url) {
     let ws;
     try {
       ws = new this.WebSocketImpl(url);
@@ -235,15 +428,19 @@ export class RoomsClient extends EventTarget {
         this._reconnecting = false;
         this.connectionId = null;
         this.welcome = null;
+        this._refusedOnce = false;
         this._setState("open");
         this._emit("open", { url: this.url, reconnected: wasReconnect });
         resolve();
+        this._armSession(ws);
+        // Unacknowledged sends are resent by send() itself once this open is seen.
         if (wasReconnect && this.rejoin && this._rooms.size) this._rejoin();
       };
       ws.onmessage = (event) => this._onMessage(event.data);
       ws.onclose = (event) => {
         if (this._ws !== ws) return;
         this._ws = null;
+        this._disarmSession();
         this._onClose(event, opened).then(
           (detail) => {
             if (!opened) reject(new RequestError("closed", detail.description));
@@ -254,12 +451,33 @@ export class RoomsClient extends EventTarget {
     });
   }
 
+  /** Renew the connection before API Gateway's 2-hour limit, resuming every room. */
+  _armSession(ws) {
+    this._disarmSession();
+    if (!(this.maxSessionMs > 0)) return;
+    this._sessionTimer = setTimeout(() => {
+      this._sessionTimer = null;
+      if (this._ws !== ws) return;
+      this._reconnecting = true;
+      ws.close(1000, "renewing before the 2-hour limit"); // onclose reconnects and resumes
+    }, this.maxSessionMs);
+  }
+
+  _disarmSession() {
+    if (this._sessionTimer !== null) {
+      clearTimeout(this._sessionTimer);
+      this._sessionTimer = null;
+    }
+  }
+
   async _rejoin() {
     const rooms = this.rooms;
     const failed = [];
     for (const room of rooms) {
       try {
-        await this.request("join", { room });
+        const since = this._lastSeq.get(room);
+        const reply = await this.request("join", since === undefined ? { room } : { room, since });
+        this._startCursor(room, reply.data.seq, since !== undefined);
       } catch (err) {
         failed.push({ room, error: err.message });
         this._rooms.delete(room);
@@ -324,11 +542,18 @@ export class RoomsClient extends EventTarget {
     } else if (type === "identity") {
       this.connectionId = data.connectionId || this.connectionId;
     } else if (type === "message") {
-      this._emit("message", { room: data.room, from: data.from, data: data.data, time: new Date() });
+      if (typeof data.seq === "number") {
+        this._roomMessage(data, frame);
+      } else {
+        this._emit("message", { room: data.room, from: data.from, data: data.data, time: new Date() });
+      }
     } else if (type === "error" && !(typeof frame.id === "string")) {
       this._emit("error", { code: data.code, message: data.message, frame });
     } else if (type === "gateway_error") {
       this._emit("error", { code: "gateway_error", message: frame.message, frame });
+    } else if (!INTERNAL_EVENTS.has(type) && type !== "unknown" && type !== "unparsable") {
+      // presence, members, history, sent, joined... and any frame type an app adds.
+      this._emit(type, data);
     }
   }
 
@@ -343,7 +568,13 @@ export class RoomsClient extends EventTarget {
       httpStatus = await this._probe();
     }
     const policy = this.reconnectPolicy;
-    const refusedForGood = httpStatus !== null && policy.stopOnStatus.includes(httpStatus);
+    let refusedForGood = httpStatus !== null && policy.stopOnStatus.includes(httpStatus);
+    if (refusedForGood && typeof this.token === "function" && !this._refusedOnce) {
+      // An expired token: the next dial asks the token function for a fresh one. The same
+      // refusal twice in a row is final.
+      this._refusedOnce = true;
+      refusedForGood = false;
+    }
     const attemptsLeft = this._attempt < policy.maxAttempts;
     const willReconnect =
       !this._intentional && policy.enabled && this._everOpened && !refusedForGood && attemptsLeft;

@@ -7,7 +7,7 @@ import re
 import urllib.request
 from collections.abc import Callable
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from localgateway.testing import Gateway
 from localgateway.token import mint
@@ -63,7 +63,7 @@ def test_welcome_appears(gateway: Gateway, new_page: NewPage) -> None:
     assert page.input_value("#url") == gateway.ws_url  # derived from location
     connect(page)
     # Nothing is sent: the welcome comes from the delayed SQS follow-up.
-    expect(page.locator("#welcome")).to_have_text(re.compile(r"^connection \S+, protocol 1$"))
+    expect(page.locator("#welcome")).to_have_text(re.compile(r"^connection \S+, protocol 2$"))
     welcome_id = page.locator("#connection-id").inner_text()
     assert connection_id(page) == welcome_id
     expect(page.locator("#log tr", has_text="welcome")).to_have_count(1)
@@ -171,7 +171,7 @@ def test_token_auth_with_the_real_app(start_gateway: StartGateway, new_page: New
         page.fill("#token", mint(SECRET, "alice"))
         connect(page)
         expect(page.locator("#last-close")).to_have_text("none")
-        expect(page.locator("#welcome")).to_contain_text("protocol 1")
+        expect(page.locator("#welcome")).to_contain_text("protocol 2")
 
 
 def test_phone_width_keyboard_only_and_labels(gateway: Gateway, new_page: NewPage) -> None:
@@ -217,8 +217,13 @@ def test_client_module_api(gateway: Gateway, new_page: NewPage) -> None:
     page = open_demo(new_page(), page_url(gateway))
     result = page.evaluate(
         """async (url) => {
-          const { RoomsClient, RequestError, backoffDelay } = await import('./static/client.js');
-          const client = new RoomsClient(url);
+          const { RoomsClient, RequestError, backoffDelay, judge } = await import(
+            './static/client.js');
+          let tokenCalls = 0;
+          // token may be an async function, called on every (re)connect.
+          const client = new RoomsClient(url, {token: async () => { tokenCalls += 1; return ""; }});
+          const presence = [];
+          client.on('presence', (d) => presence.push(d));
           const states = [];
           client.addEventListener('state', (e) => states.push(e.detail.state));
           const welcome = new Promise(
@@ -232,6 +237,15 @@ def test_client_module_api(gateway: Gateway, new_page: NewPage) -> None:
             error = {isRequestError: e instanceof RequestError, code: e.code};
           }
           const w = await welcome;
+          // Another client joins: a presence frame reaches this one through on('presence').
+          const other = new RoomsClient(url);
+          await other.connect();
+          await other.join('room-a');
+          const sent = await other.send('room-a', {text: 'numbered'});
+          await new Promise((r) => setTimeout(r, 200));
+          const history = await client.history('room-a');
+          const members = await client.members('room-a');
+          other.close();
           client.close();
           await new Promise((r) => setTimeout(r, 50));
           const policy = {baseMs: 250, capMs: 5000};
@@ -239,16 +253,71 @@ def test_client_module_api(gateway: Gateway, new_page: NewPage) -> None:
             (n) => backoffDelay(n, policy, () => 0.999999));
           return {pong: pong.type, pongId: pong.id, joined: joined.data, rooms: client.rooms,
                   whoId: who.data.connectionId, error, welcome: w.protocol, states, delays,
-                  finalState: client.state};
+                  finalState: client.state, tokenCalls, presence: presence.map((p) => p.event),
+                  lastSeq: client.lastSeq('room-a'), sentSeq: sent.data.seq,
+                  historySeqs: history.data.messages.map((m) => m.seq),
+                  memberCount: members.data.count,
+                  judged: [judge(5, 6), judge(5, 5), judge(5, 9), judge(undefined, 3)]};
         }""",
         gateway.ws_url,
     )
     assert result["pong"] == "pong" and result["pongId"]
-    assert result["joined"] == {"room": "room-a", "members": 1}
+    assert result["joined"] == {"room": "room-a", "members": 1, "seq": 0}
     assert result["rooms"] == ["room-a"]
     assert result["error"] == {"isRequestError": True, "code": "not_member"}
-    assert result["welcome"] == 1
+    assert result["welcome"] == 2
+    assert result["tokenCalls"] == 1
+    assert result["presence"] == ["join"]
+    assert result["lastSeq"] == result["sentSeq"] == 1
+    assert result["historySeqs"] == [1] and result["memberCount"] == 2
+    assert result["judged"] == [{"verdict": "deliver"}, {"verdict": "duplicate"},
+                                {"verdict": "gap", "from": 6, "to": 8}, {"verdict": "deliver"}]
     assert result["whoId"]
     assert result["states"] == ["connecting", "open", "closed"]
     assert result["delays"] == [249, 499, 999, 1999, 3999, 4999, 4999, 4999]
     assert result["finalState"] == "closed"
+
+
+def test_a_page_that_was_offline_shows_every_message_once(
+    gateway: Gateway, new_page: NewPage, browser: Browser
+) -> None:
+    """Protocol v2 in the browser: the page loses its connection, the other page sends, the page
+    comes back, resumes with `since` and shows each missed message exactly once, in order."""
+    away_context = browser.new_context(viewport={"width": 1100, "height": 800})
+    away_context.set_default_timeout(WAIT_MS)
+    try:
+        away = open_demo(away_context.new_page(), page_url(gateway))
+        sender = open_demo(new_page(), page_url(gateway))
+        for page in (away, sender):
+            connect(page)
+            join(page, "lobby")
+        send(sender, "before")
+        expect(away.locator("#messages li", has_text="before")).to_have_count(1)
+        # The network goes: no reconnect can succeed, and API Gateway drops the connection.
+        away_context.set_offline(True)
+        gateway.management_client().delete_connection(ConnectionId=connection_id_of(away))
+        expect(away.locator("#state")).not_to_have_text("Connected")
+        for n in range(3):
+            send(sender, f"missed {n}")
+            expect(sender.locator("#messages li.mine", has_text=f"missed {n}")).to_have_count(1)
+        away_context.set_offline(False)
+        expect(away.locator("#state")).to_have_text("Connected", timeout=3 * WAIT_MS)
+        for n in range(3):
+            seen = away.locator("#messages li", has_text=f"missed {n}")
+            expect(seen).to_have_count(1)
+            expect(seen).to_contain_text("missed while away")
+        send(sender, "afterwards")
+        expect(away.locator("#messages li", has_text="afterwards")).to_have_count(1)
+        texts = [t for t in away.locator("#messages li:not(.system) .text").all_inner_texts()]
+        assert texts == ["before", "missed 0", "missed 1", "missed 2", "afterwards"]
+        # Presence: the member list shows both users.
+        expect(away.locator("#member-count")).to_have_text("2 users")
+    finally:
+        away_context.close()
+
+
+def connection_id_of(page: Page) -> str:
+    """The page's current connection id, from its client (no request sent)."""
+    value = page.evaluate("() => window.roomsDemo.client.connectionId")
+    assert isinstance(value, str) and value
+    return value
