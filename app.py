@@ -112,7 +112,8 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
         app.log.error("$connect %s refused with 503: %s", loggable(ctx.connection_id),
                       loggable(exc, 500))
         return {"statusCode": 503}
-    _messaging().on_connect(ctx, endpoint, user=admission.user)
+    _messaging().on_connect(ctx, endpoint, user=admission.user,
+                            capabilities=admission.capabilities, claims=admission.claims)
     return {"statusCode": 200}
 
 

@@ -31,10 +31,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from chalicelib.capabilities import EVERYTHING, Capabilities, CapabilityError
 from chalicelib.errors import WsAppError
 from chalicelib.redaction import loggable
 from chalicelib.settings import Settings, normalize_origin
@@ -81,6 +82,10 @@ class Admission:
     """An admitted connection; ``user`` is the token's ``sub`` (None when auth is off)."""
 
     user: str | None
+    #: What the connection may do in which rooms (None: everything, authentication is off).
+    capabilities: Capabilities | None = None
+    #: The token's verified claims (None when auth is off), for the app's join authoriser.
+    claims: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 class TokenVerifier:
@@ -119,6 +124,14 @@ class TokenVerifier:
         Raises :class:`AuthError` (403) for any refusal (its reason is escaped for logging),
         :class:`JwksUnavailableError` when no JWKS key can be had (503).
         """
+        return self.verify_claims(token)[0]
+
+    def verify_claims(self, token: str) -> tuple[str, dict[str, Any]]:
+        """Like :meth:`verify`, also returning every verified claim (for capabilities)."""
+        claims = self._decode(token)
+        return str(claims["sub"]), claims
+
+    def _decode(self, token: str) -> dict[str, Any]:
         import jwt
 
         try:
@@ -160,7 +173,7 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_CHARS:
             raise AuthError(403, "token 'sub' must be a non-empty string")
-        return sub
+        return dict(claims)
 
     def _check_scope(self, claims: Mapping[str, Any]) -> None:
         """Lifetime, Cognito ``token_use`` and ``client_id``; raises :class:`AuthError` (403)."""
@@ -487,10 +500,17 @@ class ConnectGate:
     :class:`AuthError` carrying the status to refuse with."""
 
     def __init__(
-        self, verifier: TokenVerifier | None, allowed_origins: tuple[str, ...] = ()
+        self,
+        verifier: TokenVerifier | None,
+        allowed_origins: tuple[str, ...] = (),
+        *,
+        capability_claim: str = "rooms",
+        default_capability: Capabilities = EVERYTHING,
     ) -> None:
         self._verifier = verifier
         self._allowed_origins = frozenset(allowed_origins)
+        self._capability_claim = capability_claim
+        self._default_capability = default_capability
 
     @property
     def auth_enabled(self) -> bool:
@@ -514,7 +534,20 @@ class ConnectGate:
             raise AuthError(401, "no token in the query string")
         if len(token) > MAX_TOKEN_CHARS:
             raise AuthError(403, f"token longer than {MAX_TOKEN_CHARS} characters")
-        return Admission(user=self._verifier.verify(token))
+        user, claims = self._verifier.verify_claims(token)
+        return Admission(user=user, capabilities=self._capabilities(claims), claims=claims)
+
+    def _capabilities(self, claims: Mapping[str, Any]) -> Capabilities:
+        """The token's capability claim, or the default when it has none; a claim of the wrong
+        shape refuses the connection (403) and the log says why."""
+        if self._capability_claim not in claims:
+            return self._default_capability
+        try:
+            return Capabilities.parse(claims[self._capability_claim])
+        except CapabilityError as exc:
+            raise AuthError(
+                403, f"capability claim '{loggable(self._capability_claim, 64)}' {loggable(exc)}"
+            ) from None
 
 
 def build_gate(settings: Settings) -> ConnectGate:
@@ -538,7 +571,9 @@ def build_gate(settings: Settings) -> ConnectGate:
         token_use=settings.auth_token_use,
         max_lifetime=settings.auth_max_token_lifetime_seconds,
     )
-    return ConnectGate(verifier, settings.allowed_origins)
+    return ConnectGate(verifier, settings.allowed_origins,
+                       capability_claim=settings.capability_claim,
+                       default_capability=Capabilities.parse_json(settings.default_capability))
 
 
 def _header(event: Mapping[str, Any], name: str) -> str | None:

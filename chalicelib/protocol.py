@@ -39,6 +39,8 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     TOO_MANY_ROOMS = "too_many_rooms"
     UNAUTHENTICATED = "unauthenticated"
+    # Room access control (docs/security.md): an operation the connection may not do.
+    FORBIDDEN = "forbidden"
 
 
 class ProtocolError(WsAppError):

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from chalicelib import access
+from chalicelib.access import JoinAuthorizer
 from chalicelib.auth import ConnectGate, build_gate
 from chalicelib.delivery import Deliverer, RetryPolicy
 from chalicelib.fanout import FanOutQueue
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 _lock = threading.Lock()
-_services: dict[Settings, Messaging] = {}
+_services: dict[tuple[Settings, JoinAuthorizer | None], Messaging] = {}
 _gates: dict[Settings, ConnectGate] = {}
 
 
@@ -53,7 +55,9 @@ def _once(cache: dict[K, V], key: K, create: Callable[[K], V], lock: threading.L
 def messaging(environ: Mapping[str, str] | None = None) -> Messaging:
     """The service for the current environment (built on first use, then reused)."""
     settings = Settings.from_env(os.environ if environ is None else environ)
-    return _once(_services, settings, build, _lock)
+    # Keyed by the join authoriser too: app.py registers it at import, tests may swap it.
+    key = (settings, access.registered())
+    return _once(_services, key, lambda k: build(k[0], k[1]), _lock)
 
 
 def connect_gate(environ: Mapping[str, str] | None = None) -> ConnectGate:
@@ -63,7 +67,7 @@ def connect_gate(environ: Mapping[str, str] | None = None) -> ConnectGate:
     return _once(_gates, settings, build_gate, _lock)
 
 
-def build(settings: Settings) -> Messaging:
+def build(settings: Settings, join_authorizer: JoinAuthorizer | None = None) -> Messaging:
     """A fresh :class:`Messaging` for ``settings`` (raises ConfigError for bad settings)."""
     store = open_store(settings.connections_store, environ=_store_environ(settings))
     deliverers = _DelivererCache(settings)
@@ -99,6 +103,7 @@ def build(settings: Settings) -> Messaging:
         auth_required=settings.auth_enabled,
         fanout_queue=fanout_queue,
         inline_max=settings.fanout_inline_max,
+        join_authorizer=join_authorizer,
         features=RoomFeatures(
             history_max=settings.history_max_messages,
             history_ttl=settings.history_ttl_seconds,

@@ -14,14 +14,27 @@ follows from each fan-out report.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from chalicelib.access import JoinAuthorizer, JoinRequest, decide
+from chalicelib.capabilities import (
+    ALL_OPERATIONS,
+    EVERYTHING,
+    HISTORY,
+    PRESENCE,
+    PUBLISH,
+    SUBSCRIBE,
+    Capabilities,
+    decode_operations,
+    encode_operations,
+)
 from chalicelib.delivery import Deliverer, FanOutReport, Liveness, Outcome, fan_out
 from chalicelib.errors import PushError, VerificationError
 from chalicelib.events import ConnectionContext
@@ -116,6 +129,20 @@ class Published:
         return data
 
 
+def _capabilities(record: ConnectionRecord | None) -> Capabilities:
+    if record is None or record.capabilities is None:
+        return EVERYTHING
+    return Capabilities.decode(record.capabilities)
+
+
+def _forbidden(operation: str, room: str, request_id: str | None) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.FORBIDDEN,
+        f"operation {operation!r} on room {room!r} is not allowed for this connection",
+        request_id,
+    )
+
+
 @dataclass
 class Response:
     """The reply to a client frame, and frames that must follow it (a join's replay)."""
@@ -172,11 +199,13 @@ class Messaging:
         fanout_queue: FanOutQueue | None = None,
         inline_max: int = DEFAULT_INLINE_MAX,
         features: RoomFeatures = DEFAULT_FEATURES,
+        join_authorizer: JoinAuthorizer | None = None,
     ) -> None:
         if inline_max < 1:
             raise ValueError("inline_max must be at least 1")
         self.store = store
         self._features = features
+        self._join_authorizer = join_authorizer
         self._fanout_queue = fanout_queue
         self._inline_max = inline_max
         self._deliverer_for = deliverer_for
@@ -192,10 +221,18 @@ class Messaging:
     # ------------------------------------------------------------------ lifecycle
 
     def on_connect(
-        self, ctx: ConnectionContext, endpoint: str, user: str | None = None
+        self,
+        ctx: ConnectionContext,
+        endpoint: str,
+        user: str | None = None,
+        *,
+        capabilities: Capabilities | None = None,
+        claims: Mapping[str, Any] | None = None,
     ) -> None:
         """Register the connection; enqueue the delayed welcome.  Never calls the management API.
 
+        ``capabilities`` (from the token; None: everything) are stored with the connection; the
+        token's ``claims`` are kept beside it only when the app registered a join authoriser.
         Posting here would fail with 410: API Gateway only establishes the connection after
         ``$connect`` returns.  A failed enqueue is logged and tolerated: the welcome then goes
         out with the reply to the client's first message.
@@ -206,7 +243,10 @@ class Messaging:
             source_ip=ctx.source_ip,
             user=user,
             endpoint=endpoint,
+            capabilities=None if capabilities is None else capabilities.encode(),
         )
+        if self._join_authorizer is not None and claims is not None:
+            self.store.remember_claims(ctx.connection_id, json.dumps(dict(claims), default=str))
         if self._welcome_queue is not None:
             try:
                 self._welcome_queue.enqueue(FollowUp(ctx.connection_id, endpoint))
@@ -386,7 +426,7 @@ class Messaging:
                 identity["user"] = user
             return Response(encode_frame("identity", identity, request.id))
         if isinstance(request, Join):
-            return self._join(connection_id, user, request, endpoint)
+            return self._join(connection_id, record, request, endpoint)
         if isinstance(request, Leave):
             if self.store.leave(connection_id, request.room):
                 self._depart(request.room, user or connection_id, endpoint, connection_id)
@@ -395,11 +435,16 @@ class Messaging:
             return Response(self._history(connection_id, request))
         if isinstance(request, Members):
             return Response(self._members(connection_id, request))
-        return Response(self._send(connection_id, user, request, endpoint))
+        return Response(self._send(connection_id, record, request, endpoint))
 
     def _join(
-        self, connection_id: str, user: str | None, request: Join, endpoint: str
+        self,
+        connection_id: str,
+        record: ConnectionRecord | None,
+        request: Join,
+        endpoint: str,
     ) -> Response:
+        user = None if record is None else record.user
         rooms = self.store.rooms_of(connection_id)
         # Check-then-join: concurrent joins of one connection may overshoot by their count.
         if request.room not in rooms and len(rooms) >= self._limits.max_rooms:
@@ -409,10 +454,14 @@ class Messaging:
                 " leave one first",
                 request.id,
             )
+        ops = self._granted(connection_id, record, request.room)
+        if SUBSCRIBE not in ops:
+            raise _forbidden(SUBSCRIBE, request.room, request.id)
         presence_user = user or connection_id
-        joined = self.store.join(connection_id, request.room, user=presence_user)
+        restricted = None if ops == ALL_OPERATIONS else encode_operations(ops)
+        joined = self.store.join(connection_id, request.room, user=presence_user, ops=restricted)
         head = self.store.head(request.room)
-        if joined.new and self._features.presence:
+        if joined.new and self._features.presence and PRESENCE in ops:
             connections = self.store.presence_enter(request.room, presence_user)
             if connections == 1:
                 self._announce(request.room, "join", presence_user, connections, endpoint,
@@ -420,15 +469,39 @@ class Messaging:
         data: dict[str, Any] = {"room": request.room, "members": joined.members, "seq": head}
         then: list[bytes] = []
         if request.since is not None:
-            messages = self._retained(request.room, after=request.since, upto=head, head=head,
-                                      limit=max(1, self._features.history_max))
-            then, whole = replay_frames(request.room, messages)
-            complete = whole and is_complete(messages, request.since, head)
+            complete = False  # without the history operation nothing is replayed
+            if HISTORY in ops:
+                messages = self._retained(request.room, after=request.since, upto=head,
+                                          head=head, limit=max(1, self._features.history_max))
+                then, whole = replay_frames(request.room, messages)
+                complete = whole and is_complete(messages, request.since, head)
             data["replay"] = {"from": request.since + 1, "to": head, "complete": complete}
         return Response(encode_frame("joined", data, request.id), then)
 
+    def _granted(
+        self, connection_id: str, record: ConnectionRecord | None, room: str
+    ) -> frozenset[str]:
+        """What the connection may do in ``room``: its token's capabilities, then the app's
+        join authoriser (when one is registered) deciding on them."""
+        granted = _capabilities(record).for_room(room)
+        if self._join_authorizer is None:
+            return granted
+        raw = self.store.claims_of(connection_id)
+        claims = json.loads(raw) if raw else {}
+        request = JoinRequest(user=None if record is None else record.user, room=room,
+                              operations=granted, claims=claims, connection_id=connection_id)
+        return decide(self._join_authorizer, request)
+
+    def _member_ops(self, connection_id: str, room: str, request_id: str | None) -> frozenset[str]:
+        """The operations recorded on the membership; ``not_member`` when there is none."""
+        letters = self.store.membership(connection_id, room)
+        if letters is None:
+            raise ProtocolError(ErrorCode.NOT_MEMBER, f"join room {room!r} first", request_id)
+        return decode_operations(letters)
+
     def _history(self, connection_id: str, request: History) -> bytes:
-        self._require_member(connection_id, request.room, request.id)
+        if HISTORY not in self._member_ops(connection_id, request.room, request.id):
+            raise _forbidden(HISTORY, request.room, request.id)
         head = self.store.head(request.room)
         after = request.after or 0
         upto = head if request.before is None else min(head, request.before - 1)
@@ -444,14 +517,18 @@ class Messaging:
             raise ProtocolError(ErrorCode.BAD_REQUEST,
                                 "presence is turned off on this server (PRESENCE=off)",
                                 request.id)
-        self._require_member(connection_id, request.room, request.id)
+        if PRESENCE not in self._member_ops(connection_id, request.room, request.id):
+            raise _forbidden(PRESENCE, request.room, request.id)
         presence = self.store.presence(request.room, MAX_PRESENCE_USERS)
         users = [{"user": user, "connections": n} for user, n in sorted(presence.users)]
         return encode_frame("members", {"room": request.room, "count": presence.count,
                                         "users": users, "truncated": presence.truncated},
                             request.id)
 
-    def _send(self, connection_id: str, user: str | None, request: Send, endpoint: str) -> bytes:
+    def _send(
+        self, connection_id: str, record: ConnectionRecord | None, request: Send, endpoint: str
+    ) -> bytes:
+        user = None if record is None else record.user
         size = data_size(request.data)
         if size > self._limits.max_data_bytes:
             raise ProtocolError(
@@ -471,6 +548,8 @@ class Messaging:
         text = data_json(request.data)
         self._message_frame(request.room, sender, text, request.id)  # too_large before anything
         audience = self._audience(request.room, sender=connection_id, request_id=request.id)
+        if not self._may_publish(connection_id, record, request.room):
+            raise _forbidden(PUBLISH, request.room, request.id)
         dedupe = None
         if request.id is not None and self._features.dedupe_seconds > 0:
             dedupe = (user or connection_id, request.id)
@@ -527,10 +606,14 @@ class Messaging:
         return self.store.history(room, after=after, upto=upto, head=head, limit=limit,
                                   keep=features.history_max, ttl_seconds=features.history_ttl)
 
-    def _require_member(self, connection_id: str, room: str, request_id: str | None) -> None:
-        if not self.store.is_member(connection_id, room):
-            raise ProtocolError(
-                ErrorCode.NOT_MEMBER, f"join room {room!r} first", request_id)
+    def _may_publish(
+        self, connection_id: str, record: ConnectionRecord | None, room: str
+    ) -> bool:
+        """``publish`` from the capabilities read with the message (no extra read); with a join
+        authoriser, from what it recorded on the membership (one read)."""
+        if self._join_authorizer is None:
+            return PUBLISH in _capabilities(record).for_room(room)
+        return PUBLISH in decode_operations(self.store.membership(connection_id, room) or "")
 
     def _audience(
         self, room: str, *, sender: str | None, request_id: str | None

@@ -13,6 +13,8 @@ from chalicelib.errors import ConfigError
 from chalicelib.welcome import MAX_DELAY_SECONDS
 
 DEFAULT_STORE = "sqlite:///.local/connections.db"
+#: What a token without the capability claim may do: everything, everywhere (v1's behaviour).
+DEFAULT_CAPABILITY = '{"*": ["subscribe", "publish", "history", "presence"]}'
 
 #: HS256 secrets shorter than this are refused (RFC 7518 3.2: at least the hash size, 256 bits).
 MIN_SECRET_BYTES = 32
@@ -60,6 +62,9 @@ class Settings:
     history_ttl_seconds: int = 86400
     presence: bool = True
     dedupe_seconds: int = 86400
+    # ---- room capabilities (chalicelib/capabilities.py)
+    capability_claim: str = "rooms"
+    default_capability: str = DEFAULT_CAPABILITY
 
     @property
     def auth_enabled(self) -> bool:
@@ -116,6 +121,8 @@ class Settings:
             history_ttl_seconds=_int(environ, "HISTORY_TTL_SECONDS", 86400, 60, 1209600),
             presence=_switch(environ, "PRESENCE", True),
             dedupe_seconds=_int(environ, "DEDUPE_SECONDS", 86400, 0, 1209600),
+            capability_claim=(environ.get("WS_CAPABILITY_CLAIM") or "rooms").strip(),
+            default_capability=_capability(environ.get("WS_DEFAULT_CAPABILITY") or ""),
         )
 
 
@@ -130,6 +137,19 @@ def _int(environ: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is outside {low}..{high}")
     return value
+
+
+def _capability(raw: str) -> str:
+    """``WS_DEFAULT_CAPABILITY``: validated here so a bad value names the variable at start."""
+    from chalicelib.capabilities import Capabilities, CapabilityError
+
+    if not raw.strip():
+        return DEFAULT_CAPABILITY
+    try:
+        Capabilities.parse_json(raw)
+    except CapabilityError as exc:
+        raise ConfigError(f"WS_DEFAULT_CAPABILITY {exc}") from None
+    return raw.strip()
 
 
 def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:

@@ -105,6 +105,8 @@ class ConnectionRecord:
     #: messages counted in it.
     rate_window: int = 0
     rate_count: int = 0
+    #: The connection's room capabilities in chalicelib.capabilities' stored form (None: all).
+    capabilities: str | None = None
 
     @property
     def expires_at(self) -> float:
@@ -208,6 +210,10 @@ class Presence:
         return len(self.users) < self.count
 
 
+#: The ops letters of a membership that recorded none (every operation).
+ALL_OPS = "sphr"
+
+
 def expires_at(connected_at: float) -> float:
     """When a record of a connection opened at ``connected_at`` stops counting."""
     return connected_at + MAX_CONNECTION_SECONDS + EXPIRY_GRACE_SECONDS
@@ -275,6 +281,7 @@ class ConnectionStore(ABC):
         source_ip: str = "",
         user: str | None = None,
         endpoint: str = "",
+        capabilities: str | None = None,
     ) -> None:
         """Record a new connection (idempotent: registering again keeps the welcome state).
 
@@ -290,6 +297,7 @@ class ConnectionStore(ABC):
             source_ip=source_ip,
             user=user,
             endpoint=endpoint,
+            capabilities=capabilities,
         )
         self._retrying(lambda: self._register(record))
 
@@ -367,16 +375,38 @@ class ConnectionStore(ABC):
         _check_id(connection_id)
         return self._retrying(lambda: self._remove(connection_id))
 
-    def join(self, connection_id: str, room: str, *, user: str | None = None) -> JoinResult:
+    def join(
+        self, connection_id: str, room: str, *, user: str | None = None, ops: str | None = None
+    ) -> JoinResult:
         """Add the connection to ``room`` (idempotent); return the member count after joining.
 
         Costs O(1) in the room's size: the count is a counter, moved only when the membership is
-        new (``JoinResult.new``).  ``user`` is kept on the membership.
+        new (``JoinResult.new``).  ``user`` and ``ops`` (the operations granted in the room, as
+        chalicelib.capabilities letters; None: all) are kept on the membership; joining again
+        updates ``ops``.
         """
         _check_id(connection_id)
         _check_room(room)
         now = self._clock()
-        return self._retrying(lambda: self._join(connection_id, room, user, now))
+        return self._retrying(lambda: self._join(connection_id, room, user, ops, now))
+
+    def membership(self, connection_id: str, room: str) -> str | None:
+        """The operations recorded on the membership (letters; ``"sphr"`` when none were
+        recorded), or None when the connection is not in ``room``.  One read."""
+        _check_id(connection_id)
+        _check_room(room)
+        return self._retrying(lambda: self._membership(connection_id, room))
+
+    def remember_claims(self, connection_id: str, claims_json: str) -> None:
+        """Keep the token's claims beside the connection (for the app's join authoriser; a
+        separate item, so the record a message rewrites stays small).  One write."""
+        _check_id(connection_id)
+        self._retrying(lambda: self._put_claims(connection_id, claims_json))
+
+    def claims_of(self, connection_id: str) -> str | None:
+        """The claims :meth:`remember_claims` kept (None when none).  One read."""
+        _check_id(connection_id)
+        return self._retrying(lambda: self._claims(connection_id))
 
     def leave(self, connection_id: str, room: str) -> bool:
         """Remove the connection from ``room``; True if it was a member."""
@@ -572,9 +602,23 @@ class ConnectionStore(ABC):
         correct when retried after a partial failure."""
 
     @abstractmethod
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
-        """Add both sides of the membership; increment the counter only if it is new; return
-        the counter and whether it was new."""
+    def _join(
+        self, connection_id: str, room: str, user: str | None, ops: str | None, now: float
+    ) -> JoinResult:
+        """Add both sides of the membership (``ops`` overwritten when it exists); increment the
+        counter only if it is new; return the counter and whether it was new."""
+
+    @abstractmethod
+    def _membership(self, connection_id: str, room: str) -> str | None:
+        """The membership's recorded ops (``"sphr"`` if none recorded), None if no membership."""
+
+    @abstractmethod
+    def _put_claims(self, connection_id: str, claims_json: str) -> None:
+        """Store the claims item (replacing one)."""
+
+    @abstractmethod
+    def _claims(self, connection_id: str) -> str | None:
+        """The claims item, or None."""
 
     @abstractmethod
     def _leave(self, connection_id: str, room: str) -> bool:

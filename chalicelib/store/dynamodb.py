@@ -7,9 +7,13 @@ pk                     sk              attributes
 =====================  ==============  ==========================================================
 ``conn#<id>``          ``meta``        connectedAt, lastSeen, welcomedAt (absent until claimed),
                                        rateWindow, rateCount, sourceIp, user, endpoint, expiresAt,
-                                       sweepShard (``00``..``31``, from the id)
+                                       caps (capabilities, compact), sweepShard (``00``..``31``,
+                                       from the id)
 ``conn#<id>``          ``room#<room>`` joinedAt, expiresAt  (rooms of a connection)
-``room#<room>``        ``conn#<id>``   joinedAt, expiresAt, user  (members of a room)
+``conn#<id>``          ``claims``      claims, expiresAt  (the token's claims, only when the app
+                                       registered a join authoriser)
+``room#<room>``        ``conn#<id>``   joinedAt, expiresAt, user, ops  (members of a room; ops:
+                                       the operations granted there, when restricted)
 ``room#<room>``        ``count``       members, expiresAt  (the room's member counter)
 ``room#<room>``        ``user#<user>`` connections, expiresAt  (presence: a user's connections)
 ``hist#<room>``        ``head``        seq  (the room's last sequence number)
@@ -64,6 +68,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from chalicelib.errors import StoreError
 from chalicelib.store.base import (
+    ALL_OPS,
     EXPIRY_GRACE_SECONDS,
     MAX_CONNECTION_SECONDS,
     Claim,
@@ -97,6 +102,7 @@ LAST_SEEN_INDEX = "by-last-seen"
 SWEEP_SHARDS = 32
 
 _META = "meta"
+_CLAIMS = "claims"
 _COUNT = "count"
 _HEAD = "head"
 _CONN = "conn#"
@@ -305,11 +311,19 @@ class DynamoDbStore(ConnectionStore):
             " rateCount = if_not_exists(rateCount, :zero)"
         )
         # welcomedAt is left alone: registering again keeps the welcome state.
+        removed = []
         if record.user is None:
-            update += " REMOVE #user"
+            removed.append("#user")
         else:
             update += ", #user = :user"
             values[":user"] = {"S": record.user}
+        if record.capabilities is None:
+            removed.append("caps")
+        else:
+            update += ", caps = :caps"
+            values[":caps"] = {"S": record.capabilities}
+        if removed:
+            update += " REMOVE " + ", ".join(removed)
         self._call(
             "update_item",
             Key=_conn_key(record.connection_id),
@@ -395,7 +409,9 @@ class DynamoDbStore(ConnectionStore):
         self._batch_write([_delete(_CONN + connection_id, sk) for sk in sort_keys])
         return Removal(user, rooms)
 
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
+    def _join(
+        self, connection_id: str, room: str, user: str | None, ops: str | None, now: float
+    ) -> JoinResult:
         # Memberships expire no later than the connection could (joined after it connected), so
         # an orphan left by a join racing a disconnect disappears through TTL; the counter lives
         # as long as its newest membership.
@@ -410,6 +426,8 @@ class DynamoDbStore(ConnectionStore):
         }
         if user is not None:
             member["user"] = {"S": user}
+        if ops is not None:
+            member["ops"] = {"S": ops}
         # The membership and the counter move together or not at all: the count stays exact
         # without ever counting the room.  A failed condition: already a member, nothing moves.
         new = True
@@ -423,7 +441,32 @@ class DynamoDbStore(ConnectionStore):
             ])
         except ConditionFailed:
             new = False
+            # Joining again (a new token's capabilities, or a re-join): the ops follow.
+            self._call("update_item", Key=_key(_ROOM + room, _CONN + connection_id),
+                       UpdateExpression="REMOVE ops" if ops is None else "SET ops = :ops",
+                       **({} if ops is None else {"ExpressionAttributeValues": {
+                           ":ops": {"S": ops}}}))
         return JoinResult(self._member_count(room), new)
+
+    def _membership(self, connection_id: str, room: str) -> str | None:
+        response = self._call(
+            "get_item", Key=_key(_ROOM + room, _CONN + connection_id),
+            ProjectionExpression="pk, ops", ConsistentRead=True)
+        item = response.get("Item")
+        if item is None:
+            return None
+        return item["ops"]["S"] if "ops" in item else ALL_OPS
+
+    def _put_claims(self, connection_id: str, claims_json: str) -> None:
+        self._call("put_item", Item={**_key(_CONN + connection_id, _CLAIMS),
+                                     "claims": {"S": claims_json},
+                                     TTL_ATTRIBUTE: _n(_ttl(self._clock()))})
+
+    def _claims(self, connection_id: str) -> str | None:
+        response = self._call("get_item", Key=_key(_CONN + connection_id, _CLAIMS),
+                              ConsistentRead=True)
+        item = response.get("Item")
+        return None if item is None else item["claims"]["S"]
 
     def _leave(self, connection_id: str, room: str) -> bool:
         # The room's side first (broadcasts stop), the connection's side last (remove() relies on
@@ -730,6 +773,7 @@ def _record(item: Item) -> ConnectionRecord:
         endpoint=item.get("endpoint", {}).get("S", ""),
         rate_window=int(item.get("rateWindow", {}).get("N", "0")),
         rate_count=int(item.get("rateCount", {}).get("N", "0")),
+        capabilities=item["caps"]["S"] if "caps" in item else None,
     )
 
 

@@ -12,6 +12,7 @@ import threading
 from typing import Unpack
 
 from chalicelib.store.base import (
+    ALL_OPS,
     Claim,
     ConnectionRecord,
     ConnectionStore,
@@ -38,7 +39,9 @@ class MemoryStore(ConnectionStore):
         # One lock for everything: operations are tiny, and it makes each one trivially atomic.
         self._lock = threading.Lock()
         self._records: dict[str, ConnectionRecord] = {}
-        self._rooms: dict[str, dict[str, str | None]] = {}  # room -> connection id -> user
+        # room -> connection id -> (user, ops)
+        self._rooms: dict[str, dict[str, tuple[str | None, str | None]]] = {}
+        self._claims_by_id: dict[str, str] = {}
         self._memberships: dict[str, set[str]] = {}  # connection id -> rooms
         self._heads: dict[str, int] = {}  # room -> last seq
         self._messages_by_room: dict[str, dict[int, StoredMessage]] = {}
@@ -111,6 +114,7 @@ class MemoryStore(ConnectionStore):
     def _remove(self, connection_id: str) -> Removal:
         with self._lock:
             record = self._records.pop(connection_id, None)
+            self._claims_by_id.pop(connection_id, None)
             rooms = self._memberships.pop(connection_id, set())
             for room in rooms:
                 members = self._rooms.get(room)
@@ -120,13 +124,30 @@ class MemoryStore(ConnectionStore):
                         del self._rooms[room]
             return Removal(None if record is None else record.user, sorted(rooms))
 
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
+    def _join(
+        self, connection_id: str, room: str, user: str | None, ops: str | None, now: float
+    ) -> JoinResult:
         with self._lock:
             self._memberships.setdefault(connection_id, set()).add(room)
             members = self._rooms.setdefault(room, {})
             new = connection_id not in members
-            members.setdefault(connection_id, user)
+            members[connection_id] = (user, ops)
             return JoinResult(len(members), new)
+
+    def _membership(self, connection_id: str, room: str) -> str | None:
+        with self._lock:
+            entry = self._rooms.get(room, {}).get(connection_id)
+        if entry is None:
+            return None
+        return ALL_OPS if entry[1] is None else entry[1]
+
+    def _put_claims(self, connection_id: str, claims_json: str) -> None:
+        with self._lock:
+            self._claims_by_id[connection_id] = claims_json
+
+    def _claims(self, connection_id: str) -> str | None:
+        with self._lock:
+            return self._claims_by_id.get(connection_id)
 
     def _leave(self, connection_id: str, room: str) -> bool:
         with self._lock:

@@ -20,6 +20,7 @@ from typing import Any, Unpack
 
 from chalicelib.errors import StoreError
 from chalicelib.store.base import (
+    ALL_OPS,
     Claim,
     ConnectionRecord,
     ConnectionStore,
@@ -37,7 +38,7 @@ from chalicelib.store.base import (
 
 #: Bumped whenever the schema changes: an older local file is dropped and recreated (it only holds
 #: connections of gateway runs that are over, so nothing of value is lost).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS connections (
@@ -50,7 +51,9 @@ CREATE TABLE IF NOT EXISTS connections (
     expires_at    REAL NOT NULL,
     endpoint      TEXT NOT NULL DEFAULT '',
     rate_window   INTEGER NOT NULL DEFAULT 0,
-    rate_count    INTEGER NOT NULL DEFAULT 0
+    rate_count    INTEGER NOT NULL DEFAULT 0,
+    capabilities  TEXT NULL,
+    claims        TEXT NULL
 );
 CREATE INDEX IF NOT EXISTS connections_last_seen ON connections (last_seen);
 CREATE TABLE IF NOT EXISTS memberships (
@@ -58,6 +61,7 @@ CREATE TABLE IF NOT EXISTS memberships (
     connection_id TEXT NOT NULL,
     joined_at     REAL NOT NULL,
     user_id       TEXT NULL,
+    ops           TEXT NULL,
     PRIMARY KEY (room, connection_id)
 );
 CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id);
@@ -98,7 +102,7 @@ _OLD_TABLES = (
 
 _RECORD_COLUMNS = (
     "connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint,"
-    " rate_window, rate_count"
+    " rate_window, rate_count, capabilities"
 )
 
 
@@ -222,15 +226,16 @@ class SqliteStore(ConnectionStore):
                 """
                 INSERT INTO connections
                     (connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id,
-                     expires_at, endpoint)
-                VALUES (?, ?, ?, NULL, ?, ?, ?, ?)
+                     expires_at, endpoint, capabilities)
+                VALUES (?, ?, ?, NULL, ?, ?, ?, ?, ?)
                 ON CONFLICT (connection_id) DO UPDATE SET
                     connected_at = excluded.connected_at,
                     last_seen = max(last_seen, excluded.last_seen),
                     source_ip = excluded.source_ip,
                     user_id = excluded.user_id,
                     expires_at = excluded.expires_at,
-                    endpoint = excluded.endpoint
+                    endpoint = excluded.endpoint,
+                    capabilities = excluded.capabilities
                 """,
                 (
                     record.connection_id,
@@ -240,6 +245,7 @@ class SqliteStore(ConnectionStore):
                     record.user,
                     expires_at(record.connected_at),
                     record.endpoint,
+                    record.capabilities,
                 ),
             )
 
@@ -328,13 +334,20 @@ class SqliteStore(ConnectionStore):
             conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
         return Removal(None if row is None or row[0] is None else str(row[0]), rooms)
 
-    def _join(self, connection_id: str, room: str, user: str | None, now: float) -> JoinResult:
+    def _join(
+        self, connection_id: str, room: str, user: str | None, ops: str | None, now: float
+    ) -> JoinResult:
         with self._write() as conn:
             new = conn.execute(
-                "INSERT OR IGNORE INTO memberships (room, connection_id, joined_at, user_id)"
-                " VALUES (?, ?, ?, ?)",
-                (room, connection_id, now, user),
+                "INSERT OR IGNORE INTO memberships (room, connection_id, joined_at, user_id, ops)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (room, connection_id, now, user, ops),
             ).rowcount > 0
+            if not new:
+                conn.execute(
+                    "UPDATE memberships SET ops = ? WHERE room = ? AND connection_id = ?",
+                    (ops, room, connection_id),
+                )
             # The count is exact here (one indexed range in one local file): SQLite has no
             # hot-partition problem to design around, unlike the DynamoDB counter item.
             count: int = conn.execute(
@@ -357,6 +370,27 @@ class SqliteStore(ConnectionStore):
                 (room, connection_id),
             ).fetchone()
         return row is not None
+
+    def _membership(self, connection_id: str, room: str) -> str | None:
+        with self._translated() as conn:
+            row = conn.execute(
+                "SELECT ops FROM memberships WHERE room = ? AND connection_id = ?",
+                (room, connection_id),
+            ).fetchone()
+        if row is None:
+            return None
+        return ALL_OPS if row[0] is None else str(row[0])
+
+    def _put_claims(self, connection_id: str, claims_json: str) -> None:
+        with self._translated() as conn:
+            conn.execute("UPDATE connections SET claims = ? WHERE connection_id = ?",
+                         (claims_json, connection_id))
+
+    def _claims(self, connection_id: str) -> str | None:
+        with self._translated() as conn:
+            row = conn.execute("SELECT claims FROM connections WHERE connection_id = ?",
+                               (connection_id,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def _member_count(self, room: str) -> int:
         with self._translated() as conn:
@@ -503,7 +537,7 @@ class SqliteStore(ConnectionStore):
 
 def _record(row: Any) -> ConnectionRecord:
     (connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint,
-     rate_window, rate_count) = row
+     rate_window, rate_count, capabilities) = row
     return ConnectionRecord(
         connection_id=str(connection_id),
         connected_at=float(connected_at),
@@ -514,4 +548,5 @@ def _record(row: Any) -> ConnectionRecord:
         endpoint=str(endpoint or ""),
         rate_window=int(rate_window),
         rate_count=int(rate_count),
+        capabilities=None if capabilities is None else str(capabilities),
     )

@@ -648,3 +648,34 @@ def test_presence_list_is_capped_but_the_count_is_exact(store: ConnectionStore) 
     presence = store.presence("r", limit=5)
     assert len(presence.users) == 5 and presence.count == 12 and presence.truncated
     assert store.presence("empty").count == 0
+
+
+# ---------------------------------------------------------------- room access control
+
+
+def test_membership_records_the_granted_operations(store: ConnectionStore) -> None:
+    assert store.membership("a", "r") is None
+    store.join("a", "r", ops="s")
+    assert store.membership("a", "r") == "s"
+    store.join("a", "r", ops="sp")  # a re-join (a new token) updates them
+    assert store.membership("a", "r") == "sp"
+    assert store.join("a", "r").new is False
+    assert store.membership("a", "r") == "sphr"  # none recorded: every operation
+    store.leave("a", "r")
+    assert store.membership("a", "r") is None
+
+
+def test_capabilities_and_claims_are_kept_with_the_connection(store: ConnectionStore) -> None:
+    store.register("c1", connected_at=T0, user="alice", capabilities="news=s;team-a:*=sp")
+    record = store.get("c1")
+    assert record is not None and record.capabilities == "news=s;team-a:*=sp"
+    assert admit(store, "c1").record is not None
+    assert admit(store, "c1").record.capabilities == "news=s;team-a:*=sp"  # type: ignore[union-attr]
+    assert store.claims_of("c1") is None
+    store.remember_claims("c1", '{"sub": "alice", "tenant": "t1"}')
+    assert store.claims_of("c1") == '{"sub": "alice", "tenant": "t1"}'
+    store.register("c2", connected_at=T0)
+    record = store.get("c2")
+    assert record is not None and record.capabilities is None
+    store.remove("c1")
+    assert store.claims_of("c1") is None
