@@ -195,19 +195,8 @@ export class RoomsClient extends EventTarget {
    * Send `{action, ...fields, id}` and resolve with the reply frame carrying the same `id`.
    * Rejects with RequestError: the protocol's error code, "timeout", or "closed".
    */
-  request(action, fields = {}, { timeoutMs = this.requestTimeoutMs } = {}) {
-    if (!this._ws || this._ws.readyState !== 1) {
-      return Promise.reject(new RequestError("closed", `not connected (state ${this._state})`));
-    }
-    const id = newId();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._pending.delete(id);
-        reject(new RequestError("timeout", `no reply to ${action} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this._pending.set(id, { resolve, reject, timer, action });
-      this._sendRaw({ ...fields, action, id });
-    });
+  request(action, fields = {}, options = {}) {
+    return this._requestWithId(newId(), action, fields, options);
   }
 
   ping() {
