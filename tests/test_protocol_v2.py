@@ -179,3 +179,21 @@ def test_presence_off(harness: AppHarness, monkeypatch: pytest.MonkeyPatch) -> N
     assert "presence" not in harness.api.types(a)
     reply = harness.send(a, {"action": "members", "room": "r"})
     assert reply["data"]["code"] == "bad_request"
+
+
+def test_a_swept_connection_is_announced_as_left(
+    harness: AppHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SWEEP_IDLE_SECONDS", "0")
+    watcher, vanished = harness.connect(), harness.connect()
+    harness.join(watcher, "r")
+    harness.join(vanished, "r")
+    harness.api.close(vanished)  # gone, and its $disconnect never ran
+    report = harness.invoke("sweep", {"detail-type": "Scheduled Event", "source": "aws.events",
+                                      "time": "2024-11-11T13:45:46Z", "detail": {},
+                                      "resources": [], "id": "1", "region": "us-east-1",
+                                      "account": "123456789012", "version": "0"})
+    assert report["pruned"] == 1
+    assert harness.last(watcher, "presence")["data"] == {
+        "room": "r", "event": "leave", "user": vanished, "connections": 0}
+    assert harness.send(watcher, {"action": "members", "room": "r"})["data"]["count"] == 1
