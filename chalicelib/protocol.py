@@ -13,6 +13,7 @@ import enum
 import json
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -159,12 +160,54 @@ def decode_body(body: str | None, is_base64: bool) -> str:
         ) from exc
 
 
-def parse_frame(body: str | None, is_base64: bool = False) -> Request:
-    """Parse one client frame into a request.
+#: Turns a frame's JSON object (and its ``id``) into a typed request; raises ProtocolError.
+Parser = Callable[[dict[str, Any], "str | None"], Any]
+
+
+def _parse_history(obj: dict[str, Any], request_id: str | None) -> History:
+    limit = _sequence(obj, "limit", request_id)
+    if limit is not None and not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"field 'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT}", request_id)
+    return History(room=_room(obj, request_id), id=request_id,
+                   before=_sequence(obj, "before", request_id),
+                   after=_sequence(obj, "after", request_id),
+                   limit=DEFAULT_HISTORY_LIMIT if limit is None else limit)
+
+
+def _parse_send(obj: dict[str, Any], request_id: str | None) -> Send:
+    room = _room(obj, request_id)
+    if "data" not in obj:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'data'", request_id)
+    return Send(room=room, data=obj["data"], id=request_id)
+
+
+#: The built-in actions' parsers: the registry (chalicelib/actions.py) starts from these, so
+#: built-in and app actions are found and validated the same way.
+BUILTIN_PARSERS: dict[str, Parser] = {
+    "ping": lambda obj, request_id: Ping(id=request_id),
+    "join": lambda obj, request_id: Join(room=_room(obj, request_id), id=request_id,
+                                         since=_sequence(obj, "since", request_id)),
+    "leave": lambda obj, request_id: Leave(room=_room(obj, request_id), id=request_id),
+    "send": _parse_send,
+    "whoami": lambda obj, request_id: WhoAmI(id=request_id),
+    "history": _parse_history,
+    "members": lambda obj, request_id: Members(room=_room(obj, request_id), id=request_id),
+}
+assert tuple(BUILTIN_PARSERS) == ACTIONS
+
+
+def parse_frame(
+    body: str | None, is_base64: bool = False, parsers: Mapping[str, Parser] | None = None
+) -> Any:
+    """Parse one client frame into a request (a built-in dataclass, or what an app action's
+    parser returns; ``parsers`` defaults to the built-ins).
 
     Raises :class:`ProtocolError` with ``too_large`` (over 128 KB), ``bad_json`` (not JSON, or
     not an object), ``bad_request`` (missing or invalid field) or ``unknown_action``.
     """
+    parsers = BUILTIN_PARSERS if parsers is None else parsers
     text = decode_body(body, is_base64)
     if len(text) > MAX_MESSAGE_BYTES or len(text.encode("utf-8", "surrogatepass")) > (
         MAX_MESSAGE_BYTES
@@ -188,36 +231,13 @@ def parse_frame(body: str | None, is_base64: bool = False) -> Request:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'action'", request_id)
     if not isinstance(action, str):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "field 'action' must be a string", request_id)
-    if action == "ping":
-        return Ping(id=request_id)
-    if action == "whoami":
-        return WhoAmI(id=request_id)
-    if action == "join":
-        return Join(room=_room(obj, request_id), id=request_id,
-                    since=_sequence(obj, "since", request_id))
-    if action == "history":
-        limit = _sequence(obj, "limit", request_id)
-        if limit is not None and not 1 <= limit <= MAX_HISTORY_LIMIT:
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                f"field 'limit' must be an integer from 1 to {MAX_HISTORY_LIMIT}", request_id)
-        return History(room=_room(obj, request_id), id=request_id,
-                       before=_sequence(obj, "before", request_id),
-                       after=_sequence(obj, "after", request_id),
-                       limit=DEFAULT_HISTORY_LIMIT if limit is None else limit)
-    if action == "members":
-        return Members(room=_room(obj, request_id), id=request_id)
-    if action == "leave":
-        return Leave(room=_room(obj, request_id), id=request_id)
-    if action == "send":
-        room = _room(obj, request_id)
-        if "data" not in obj:
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'data'", request_id)
-        return Send(room=room, data=obj["data"], id=request_id)
+    parser = parsers.get(action)
+    if parser is not None:
+        return parser(obj, request_id)
     shown = action if len(action) <= 32 else action[:32] + "..."
     raise ProtocolError(
         ErrorCode.UNKNOWN_ACTION,
-        f"unknown action {json.dumps(shown)}; expected one of: {', '.join(ACTIONS)}",
+        f"unknown action {json.dumps(shown)}; expected one of: {', '.join(parsers)}",
         request_id,
     )
 
@@ -250,17 +270,22 @@ def _sequence(obj: dict[str, Any], name: str, request_id: str | None) -> int | N
     return value
 
 
-def _room(obj: dict[str, Any], request_id: str | None) -> str:
-    if "room" not in obj:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'room'", request_id)
-    room = obj["room"]
+def room_field(obj: dict[str, Any], request_id: str | None, name: str = "room") -> str:
+    """A required room-name field (``bad_request`` when missing or invalid)."""
+    if name not in obj:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"missing field '{name}'", request_id)
+    room = obj[name]
     if not isinstance(room, str) or not ROOM_PATTERN.fullmatch(room):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
-            "field 'room' must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
+            f"field '{name}' must be 1 to 64 characters of A-Z a-z 0-9 _ . : -",
             request_id,
         )
     return room
+
+
+def _room(obj: dict[str, Any], request_id: str | None) -> str:
+    return room_field(obj, request_id)
 
 
 def _is_encodable(text: str) -> bool:

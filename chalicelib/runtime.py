@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from chalicelib import access
+from chalicelib import access, actions
 from chalicelib.access import JoinAuthorizer
 from chalicelib.auth import ConnectGate, build_gate
 from chalicelib.delivery import Deliverer, RetryPolicy
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 _lock = threading.Lock()
-_services: dict[tuple[Settings, JoinAuthorizer | None], Messaging] = {}
+_services: dict[tuple[Settings, JoinAuthorizer | None, int], Messaging] = {}
 _gates: dict[Settings, ConnectGate] = {}
 
 
@@ -55,8 +55,9 @@ def _once(cache: dict[K, V], key: K, create: Callable[[K], V], lock: threading.L
 def messaging(environ: Mapping[str, str] | None = None) -> Messaging:
     """The service for the current environment (built on first use, then reused)."""
     settings = Settings.from_env(os.environ if environ is None else environ)
-    # Keyed by the join authoriser too: app.py registers it at import, tests may swap it.
-    key = (settings, access.registered())
+    # Keyed by the join authoriser and the actions too: app.py registers them at import, tests
+    # may swap them.
+    key = (settings, access.registered(), actions.registry.version)
     return _once(_services, key, lambda k: build(k[0], k[1]), _lock)
 
 
@@ -104,6 +105,7 @@ def build(settings: Settings, join_authorizer: JoinAuthorizer | None = None) -> 
         fanout_queue=fanout_queue,
         inline_max=settings.fanout_inline_max,
         join_authorizer=join_authorizer,
+        actions=actions.registry,
         features=RoomFeatures(
             history_max=settings.history_max_messages,
             history_ttl=settings.history_ttl_seconds,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib.access import JoinAuthorizer, JoinRequest, decide
+from chalicelib.actions import ActionContext, ActionRegistry, CustomRequest
 from chalicelib.capabilities import (
     ALL_OPERATIONS,
     EVERYTHING,
@@ -200,10 +201,14 @@ class Messaging:
         inline_max: int = DEFAULT_INLINE_MAX,
         features: RoomFeatures = DEFAULT_FEATURES,
         join_authorizer: JoinAuthorizer | None = None,
+        actions: ActionRegistry | None = None,
     ) -> None:
         if inline_max < 1:
             raise ValueError("inline_max must be at least 1")
         self.store = store
+        #: Built-in and app actions, found and validated through one table.
+        self._actions = actions or ActionRegistry()
+        self._parsers = self._actions.parsers()
         self._features = features
         self._join_authorizer = join_authorizer
         self._fanout_queue = fanout_queue
@@ -276,7 +281,7 @@ class Messaging:
         request_id: str | None = None
         then: list[bytes] = []
         try:
-            request = parse_frame(body, is_base64)
+            request = parse_frame(body, is_base64, self._parsers)
             request_id = request.id
         except ProtocolError as exc:
             reply = error_frame(exc.code, exc.message, exc.request_id)
@@ -435,7 +440,29 @@ class Messaging:
             return Response(self._history(connection_id, request))
         if isinstance(request, Members):
             return Response(self._members(connection_id, request))
+        if isinstance(request, CustomRequest):
+            return Response(self._custom(connection_id, user, request, endpoint))
         return Response(self._send(connection_id, record, request, endpoint))
+
+    def _custom(
+        self, connection_id: str, user: str | None, request: CustomRequest, endpoint: str
+    ) -> bytes:
+        """An app action (chalicelib/actions.py): its handler, with the delivery helpers."""
+
+        def to_room(room: str, payload: bytes, exclude: str | None) -> RoomDelivery:
+            audience = self._audience(room, sender=None, request_id=request.id)
+            audience.exclude = exclude
+            return self._deliver_to(audience, payload, endpoint)
+
+        def to_user(target: str, payload: bytes) -> int:
+            connections = self.store.connections_of_user(target)
+            return self._deliver(endpoint, connections, payload).delivered
+
+        context = ActionContext(connection_id, user, request.id, self.store, to_room, to_user)
+        reply = self._actions.handler(request.action)(context, request.fields)
+        if reply is None:
+            return encode_frame("ok", {"action": request.action}, request.id)
+        return reply
 
     def _join(
         self,

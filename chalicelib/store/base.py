@@ -397,6 +397,13 @@ class ConnectionStore(ABC):
         _check_room(room)
         return self._retrying(lambda: self._membership(connection_id, room))
 
+    def connections_of_user(self, user: str) -> list[str]:
+        """The live connections registered with ``user`` (for sending to a user).  One read."""
+        if not user:
+            raise ValueError("user must be a non-empty string")
+        now = self._clock()
+        return sorted(self._retrying(lambda: self._user_connections(user, now)))
+
     def remember_claims(self, connection_id: str, claims_json: str) -> None:
         """Keep the token's claims beside the connection (for the app's join authoriser; a
         separate item, so the record a message rewrites stays small).  One write."""
@@ -611,6 +618,10 @@ class ConnectionStore(ABC):
     @abstractmethod
     def _membership(self, connection_id: str, room: str) -> str | None:
         """The membership's recorded ops (``"sphr"`` if none recorded), None if no membership."""
+
+    @abstractmethod
+    def _user_connections(self, user: str, now: float) -> list[str]:
+        """Connections registered with ``user`` whose records have not expired at ``now``."""
 
     @abstractmethod
     def _put_claims(self, connection_id: str, claims_json: str) -> None:

@@ -20,6 +20,7 @@ pk                     sk              attributes
 ``hist#<room>``        ``msg#<seq>``   seq, mid, sender, data, ts, expiresAt  (history; seq is
                                        zero-padded to 20 digits so it sorts)
 ``send#<user>``        ``<room>#<id>`` seq, mid, expiresAt  (accepted sends, for idempotency)
+``usr#<user>``         ``conn#<id>``   expiresAt  (a user's connections, for sending to a user)
 =====================  ==============  ==========================================================
 
 History and heads live in their own partition (``hist#``), not the room's: a busy room's
@@ -111,6 +112,7 @@ _USER = "user#"
 _HIST = "hist#"
 _MSG = "msg#"
 _SEND = "send#"
+_USR = "usr#"
 
 #: Error codes worth retrying: the request was not applied, or may succeed on a second try.
 _TRANSIENT_CODES = frozenset(
@@ -331,6 +333,11 @@ class DynamoDbStore(ConnectionStore):
             ExpressionAttributeNames={"#user": "user"},  # USER is a reserved word
             ExpressionAttributeValues=values,
         )
+        if record.user is not None:
+            # The user's index entry (a second write, at $connect only): sending to a user is
+            # one Query of the user's own partition.
+            self._call("put_item", Item={**_key(_USR + record.user, _CONN + record.connection_id),
+                                         TTL_ATTRIBUTE: _n(_ttl(record.connected_at))})
 
     def _get(self, connection_id: str) -> ConnectionRecord | None:
         response = self._call("get_item", Key=_conn_key(connection_id), ConsistentRead=True)
@@ -406,7 +413,10 @@ class DynamoDbStore(ConnectionStore):
         # if we fail halfway, a retry still finds every room through the connection's partition.
         for room in rooms:
             self._leave_room_side(connection_id, room)
-        self._batch_write([_delete(_CONN + connection_id, sk) for sk in sort_keys])
+        deletes = [_delete(_CONN + connection_id, sk) for sk in sort_keys]
+        if user is not None:
+            deletes.insert(0, _delete(_USR + user, _CONN + connection_id))
+        self._batch_write(deletes)
         return Removal(user, rooms)
 
     def _join(
@@ -456,6 +466,15 @@ class DynamoDbStore(ConnectionStore):
         if item is None:
             return None
         return item["ops"]["S"] if "ops" in item else ALL_OPS
+
+    def _user_connections(self, user: str, now: float) -> list[str]:
+        items = self._query(
+            KeyConditionExpression="pk = :pk",
+            FilterExpression="expiresAt > :now",
+            ExpressionAttributeValues={":pk": {"S": _USR + user}, ":now": _n(now)},
+            ConsistentRead=True,
+        )
+        return [item["sk"]["S"][len(_CONN):] for item in items]
 
     def _put_claims(self, connection_id: str, claims_json: str) -> None:
         self._call("put_item", Item={**_key(_CONN + connection_id, _CLAIMS),

@@ -141,6 +141,11 @@ class MemoryStore(ConnectionStore):
             return None
         return ALL_OPS if entry[1] is None else entry[1]
 
+    def _user_connections(self, user: str, now: float) -> list[str]:
+        with self._lock:
+            return [r.connection_id for r in self._records.values()
+                    if r.user == user and r.expires_at > now]
+
     def _put_claims(self, connection_id: str, claims_json: str) -> None:
         with self._lock:
             self._claims_by_id[connection_id] = claims_json

@@ -38,7 +38,7 @@ from chalicelib.store.base import (
 
 #: Bumped whenever the schema changes: an older local file is dropped and recreated (it only holds
 #: connections of gateway runs that are over, so nothing of value is lost).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS connections (
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS connections (
     claims        TEXT NULL
 );
 CREATE INDEX IF NOT EXISTS connections_last_seen ON connections (last_seen);
+CREATE INDEX IF NOT EXISTS connections_user_id ON connections (user_id);
 CREATE TABLE IF NOT EXISTS memberships (
     room          TEXT NOT NULL,
     connection_id TEXT NOT NULL,
@@ -380,6 +381,14 @@ class SqliteStore(ConnectionStore):
         if row is None:
             return None
         return ALL_OPS if row[0] is None else str(row[0])
+
+    def _user_connections(self, user: str, now: float) -> list[str]:
+        with self._translated() as conn:
+            rows = conn.execute(
+                "SELECT connection_id FROM connections WHERE user_id = ? AND expires_at > ?",
+                (user, now),
+            ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def _put_claims(self, connection_id: str, claims_json: str) -> None:
         with self._translated() as conn:

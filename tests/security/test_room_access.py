@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from chalicelib import access
+from chalicelib import access, actions
 from localgateway.testing import Gateway, running_gateway
 from tests.conftest import ROOT
 
@@ -207,3 +207,26 @@ def test_the_join_authoriser_admits_private_rooms_without_a_token_change(
     assert asked == [("agent", "ticket:42"), ("stranger", "ticket:42"), ("stranger", "lobby")]
     assert authoriser[0].claims["ticket"] == "42"
     assert authoriser[2].operations == {"subscribe", "publish", "history", "presence"}
+
+
+# ---------------------------------------------------------------- app actions, per user
+
+
+def test_an_action_can_send_to_every_connection_of_a_user(secured: AuthHarness) -> None:
+    @actions.action("poke", actions.Field("user"))
+    def poke(ctx: actions.ActionContext, fields: Any) -> bytes:
+        reached = ctx.send_to_user(fields["user"], "poked", {"by": ctx.sender})
+        return ctx.reply("poke_sent", {"reached": reached})
+
+    try:
+        phone = secured.connect_as(hs256(claims("bob")))
+        laptop = secured.connect_as(hs256(claims("bob")))
+        alice = secured.connect_as(hs256(claims("alice")))
+        reply = secured.send(alice, {"action": "poke", "user": "bob"})
+        assert reply["data"] == {"reached": 2}
+        for cid in (phone, laptop):
+            assert secured.last(cid, "poked")["data"] == {"by": "alice"}
+        secured.disconnect(laptop)
+        assert secured.send(alice, {"action": "poke", "user": "bob"})["data"] == {"reached": 1}
+    finally:
+        actions.registry.clear()

@@ -679,3 +679,18 @@ def test_capabilities_and_claims_are_kept_with_the_connection(store: ConnectionS
     assert record is not None and record.capabilities is None
     store.remove("c1")
     assert store.claims_of("c1") is None
+
+
+def test_connections_of_a_user(store: ConnectionStore, clock: FakeClock) -> None:
+    store.register("phone", connected_at=T0, user="bob")
+    store.register("laptop", connected_at=T0, user="bob")
+    store.register("other", connected_at=T0, user="alice")
+    store.register("anonymous", connected_at=T0)
+    assert store.connections_of_user("bob") == ["laptop", "phone"]
+    store.remove("phone")
+    assert store.connections_of_user("bob") == ["laptop"]
+    assert store.connections_of_user("nobody") == []
+    clock.advance(MAX_CONNECTION_SECONDS + EXPIRY_GRACE_SECONDS + 1)
+    assert store.connections_of_user("bob") == []  # expired records do not count
+    with pytest.raises(ValueError):
+        store.connections_of_user("")
