@@ -36,7 +36,7 @@ def test_a_rate_limited_message_costs_no_more_than_an_accepted_one(
     limited, steady = measured["limited"], measured["steady"]
     assert limited.wcu <= steady.wcu and limited.rcu <= steady.rcu
     assert limited.index_writes <= steady.index_writes
-    assert limited.writes == 0 and limited.reads <= steady.reads
+    assert limited.writes <= steady.writes and limited.reads <= steady.reads
 
 
 def v1_units(cost: Cost) -> tuple[float, float]:
@@ -68,7 +68,8 @@ def test_join_costs_the_same_in_a_room_of_10_and_of_200(measured: Measurements) 
 
 def test_activity_moves_the_sweep_index_and_nothing_else_does(measured: Measurements) -> None:
     assert measured["refresh"].index_writes == 2  # the sort key moved: delete + put
-    assert measured["refresh"].wcu == 1
+    # Once a minute per connection: the meta item (lastSeen) and the rate counter, two writes.
+    assert measured["refresh"].wcu == 2 and measured["refresh"].writes == 2
     for key in ("first", "limited", "send_small", "send_pair", "join_small", "leave",
                 "push_small", "worker"):
         assert measured[key].index_writes == 0, key

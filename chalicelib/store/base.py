@@ -19,9 +19,10 @@ exception type.
 
 Costs, the reason for this shape (see docs/capacity.md for the measured figures):
 
-* a steady message (:meth:`ConnectionStore.admit`) is one read and at most one write, the rate
-  counter, the welcome claim and the activity time folded into that write; a rate-limited
-  message is one read and no write;
+* a steady message (:meth:`ConnectionStore.admit`) is one read (the connection's record) and one
+  write: the rate counter, an atomic conditional increment on an item of the current window,
+  counted per user (per connection with authentication off); the record itself is written only
+  to claim the welcome and to move the activity time (at most once a minute);
 * the activity time (``last_seen``, the sweep's index key) moves at most once per
   :data:`ACTIVITY_RESOLUTION_SECONDS`, so steady traffic rarely writes an index entry;
 * joining reads and writes a per-room counter, never the whole room.
@@ -101,10 +102,6 @@ class ConnectionRecord:
     #: The management-API endpoint that reaches this connection (for pushes and sweeps, which
     #: run without a WebSocket event to derive it from).
     endpoint: str = ""
-    #: The fixed rate-limit window the counter belongs to (epoch seconds; 0: none yet) and the
-    #: messages counted in it.
-    rate_window: int = 0
-    rate_count: int = 0
     #: The connection's room capabilities in chalicelib.capabilities' stored form (None: all).
     capabilities: str | None = None
 
@@ -140,20 +137,18 @@ class Admission:
 class RecordChange:
     """One conditional write to a connection record, computed by :meth:`ConnectionStore.admit`.
 
-    Backends apply it only if the record still has the ``welcomed``, ``rate_window``,
-    ``rate_count`` and ``connected_at`` values of the record the decision was made on.
+    Backends apply it only if the record still has the ``welcomed`` and ``connected_at`` values
+    of the record the decision was made on.
     """
 
     #: Set the welcome as sent (the claim).
     claim_welcome: bool = False
-    #: New (window, count) of the rate counter, or None to leave it.
-    rate: tuple[int, int] | None = None
     #: New ``last_seen`` (moves the sweep index entry), or None to leave it.
     last_seen: float | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.claim_welcome and self.rate is None and self.last_seen is None
+        return not self.claim_welcome and self.last_seen is None
 
 
 @dataclass(frozen=True)
@@ -219,34 +214,22 @@ def expires_at(connected_at: float) -> float:
     return connected_at + MAX_CONNECTION_SECONDS + EXPIRY_GRACE_SECONDS
 
 
-def plan_admission(
-    record: ConnectionRecord, now: float, rate_limit: int, window_seconds: int
-) -> tuple[Admission, RecordChange]:
-    """Decide one message against ``record``: the answer, and the write that makes it true.
+def plan_admission(record: ConnectionRecord, now: float) -> tuple[Claim, RecordChange]:
+    """Decide what one message changes on ``record``: the welcome claim and the activity time.
 
-    Pure (no I/O), so every backend shares one decision.  The write is empty when nothing changes:
-    a welcomed connection with the rate limit off and a fresh activity time costs no write.
+    Pure (no I/O), so every backend shares one decision.  The change is empty for a welcomed
+    connection whose activity time is fresh: then the record is not written at all.
     """
     claim = Claim.ALREADY_CLAIMED if record.welcomed else Claim.CLAIMED
-    admitted = True
-    rate: tuple[int, int] | None = None
-    if rate_limit > 0:
-        window = int(now // window_seconds) * window_seconds
-        if record.rate_window >= window:
-            # The current window (or a later one, stored by a container whose clock runs ahead).
-            if record.rate_count < rate_limit:
-                rate = (record.rate_window, record.rate_count + 1)
-            else:
-                admitted = False  # nothing is counted: a flood costs reads, not writes
-        else:
-            rate = (window, 1)
     stale = now - record.last_seen >= ACTIVITY_RESOLUTION_SECONDS
-    change = RecordChange(
-        claim_welcome=claim is Claim.CLAIMED,
-        rate=rate,
-        last_seen=now if stale else None,
-    )
-    return Admission(claim, admitted, record), change
+    return claim, RecordChange(claim_welcome=claim is Claim.CLAIMED,
+                               last_seen=now if stale else None)
+
+
+def rate_key(record: ConnectionRecord) -> str:
+    """Whose message budget a message spends: the user's (every connection of it together),
+    or the connection's when it has no user (authentication off)."""
+    return f"u:{record.user}" if record.user else f"c:{record.connection_id}"
 
 
 class ConnectionStore(ABC):
@@ -310,17 +293,18 @@ class ConnectionStore(ABC):
         return record
 
     def admit(self, connection_id: str, *, rate_limit: int, window_seconds: int) -> Admission:
-        """Account for one client message: welcome claim, rate limit and activity, atomically.
+        """Account for one client message: welcome claim, activity, and the rate limit.
 
-        Call once per frame a client sends, before acting on it.  One read, then at most one
-        conditional write that claims the welcome if still owed, counts the message against a
-        fixed-window rate limit (``rate_limit`` messages per ``window_seconds``, windows aligned
-        on the clock; 0 turns it off) and moves ``last_seen`` if it is older than
-        :data:`ACTIVITY_RESOLUTION_SECONDS`.  A message over the limit is not counted and costs
-        no write (unless the welcome is still owed).  Exactly one caller across all processes ever
-        sees :attr:`Claim.CLAIMED` for a connection (this and :meth:`claim_welcome` share the
-        claim).  When another writer changes the record between the read and the write, the
-        round is repeated (at most :data:`ADMIT_ROUNDS` times, then TransientStoreError).
+        Call once per frame a client sends, before acting on it.  One read of the record; a
+        conditional write of it only to claim the welcome if still owed or to move ``last_seen``
+        when older than :data:`ACTIVITY_RESOLUTION_SECONDS`; then one atomic conditional
+        increment of the rate counter of the current fixed window (``rate_limit`` messages per
+        ``window_seconds``, windows aligned on the clock; 0 turns it off), shared by every
+        connection of the record's user (:func:`rate_key`).  A message over the limit is not
+        counted.  Exactly one caller across all processes ever sees :attr:`Claim.CLAIMED` for a
+        connection (this and :meth:`claim_welcome` share the claim).  When another writer
+        changes the record between the read and the write, the round is repeated (at most
+        :data:`ADMIT_ROUNDS` times, then TransientStoreError).
         """
         _check_id(connection_id)
         if rate_limit < 0 or window_seconds < 1:
@@ -333,13 +317,20 @@ class ConnectionStore(ABC):
             record = self._retrying(lambda: self._get(connection_id))
             if record is None or record.expires_at <= now:
                 return Admission(Claim.UNKNOWN, True, None)
-            admission, change = plan_admission(record, now, rate_limit, window_seconds)
-            if change.empty:
-                return admission
-            if self._retrying(
+            claim, change = plan_admission(record, now)
+            if not change.empty and not self._retrying(
                 functools.partial(self._apply_change, connection_id, record, change)
             ):
-                return admission
+                continue
+            admitted = True
+            if rate_limit > 0:
+                window = int(now // window_seconds) * window_seconds
+                key = rate_key(record)
+                # The counter's item outlives its window a little (late, skewed clocks).
+                expires = window + window_seconds + ACTIVITY_RESOLUTION_SECONDS
+                admitted = self._retrying(functools.partial(
+                    self._count_message, key, window, rate_limit, expires))
+            return Admission(claim, admitted, record)
         raise TransientStoreError(
             f"admit {connection_id}: the record kept changing ({ADMIT_ROUNDS} rounds)"
         )
@@ -579,7 +570,7 @@ class ConnectionStore(ABC):
 
     @abstractmethod
     def _register(self, record: ConnectionRecord) -> None:
-        """Create or overwrite the record, keeping ``welcomed`` and the rate counter if present.
+        """Create or overwrite the record, keeping ``welcomed`` if present.
         Returns nothing; raises StoreError/TransientStoreError."""
 
     @abstractmethod
@@ -590,8 +581,14 @@ class ConnectionStore(ABC):
     def _apply_change(
         self, connection_id: str, expected: ConnectionRecord, change: RecordChange
     ) -> bool:
-        """Apply ``change`` if the record still exists with ``expected``'s ``connected_at``,
-        ``welcomed``, ``rate_window`` and ``rate_count``; True if applied, False if not."""
+        """Apply ``change`` if the record still exists with ``expected``'s ``connected_at`` and
+        ``welcomed``; True if applied, False if not."""
+
+    @abstractmethod
+    def _count_message(self, key: str, window: int, limit: int, expires: int) -> bool:
+        """Atomically count one message of ``key`` in ``window`` if fewer than ``limit`` were
+        counted there (True), else count nothing (False).  A newer window starts from zero;
+        ``expires`` (epoch seconds) is when the window's count may be forgotten."""
 
     @abstractmethod
     def _claim_welcome(self, connection_id: str, now: float) -> Claim:

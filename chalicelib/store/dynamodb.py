@@ -6,7 +6,7 @@ Single-table design (all keys are strings):
 pk                     sk              attributes
 =====================  ==============  ==========================================================
 ``conn#<id>``          ``meta``        connectedAt, lastSeen, welcomedAt (absent until claimed),
-                                       rateWindow, rateCount, sourceIp, user, endpoint, expiresAt,
+                                       sourceIp, user, endpoint, expiresAt,
                                        caps (capabilities, compact), sweepShard (``00``..``31``,
                                        from the id)
 ``conn#<id>``          ``room#<room>`` joinedAt, expiresAt  (rooms of a connection)
@@ -21,6 +21,8 @@ pk                     sk              attributes
                                        zero-padded to 20 digits so it sorts)
 ``send#<user>``        ``<room>#<id>`` seq, mid, expiresAt  (accepted sends, for idempotency)
 ``usr#<user>``         ``conn#<id>``   expiresAt  (a user's connections, for sending to a user)
+``rate#u:<user>``      ``<window>``    n, expiresAt  (messages of a user in one rate window;
+                                       ``rate#c:<id>`` per connection with authentication off)
 =====================  ==============  ==========================================================
 
 History and heads live in their own partition (``hist#``), not the room's: a busy room's
@@ -41,10 +43,12 @@ The sweep index ``by-last-seen`` is keyed ``sweepShard``/``lastSeen`` and projec
   neither touches a key or a projected attribute.
 
 Costs (what the caller must know; docs/capacity.md has the measured figures): a steady message
-(:meth:`~chalicelib.store.base.ConnectionStore.admit`) is one strongly consistent GetItem and one
-conditional UpdateItem on the ``meta`` item (about 300 bytes: one write unit); a rate-limited one
-is the read alone.  Joining and leaving are O(1) in the room's size: the membership's room side
-and the counter change in one transaction (exact counts), then one GetItem reads the counter.
+(:meth:`~chalicelib.store.base.ConnectionStore.admit`) is one strongly consistent GetItem of the
+``meta`` item and one conditional UpdateItem of the sender's rate counter (a small item: one write
+unit); the ``meta`` item is written only to claim the welcome and to move ``lastSeen`` at most once
+a minute.  A rate-limited message is the read and a failed conditional write (the same units).
+Joining and leaving are O(1) in the room's size: the membership's room side and the counter change
+in one transaction (exact counts), then one GetItem reads the counter.
 
 Errors are translated where each call is made (:meth:`DynamoDbStore._call`): a failed condition
 becomes a domain result on the spot, throttling becomes
@@ -113,6 +117,7 @@ _HIST = "hist#"
 _MSG = "msg#"
 _SEND = "send#"
 _USR = "usr#"
+_RATE = "rate#"
 
 #: Error codes worth retrying: the request was not applied, or may succeed on a second try.
 _TRANSIENT_CODES = frozenset(
@@ -304,13 +309,10 @@ class DynamoDbStore(ConnectionStore):
             ":endpoint": {"S": record.endpoint},
             ":exp": _n(_ttl(record.connected_at)),
             ":shard": {"S": sweep_shard(record.connection_id)},
-            ":zero": _n(0),
         }
         update = (
             "SET connectedAt = :connected, lastSeen = :seen, sourceIp = :ip, expiresAt = :exp,"
-            " sweepShard = :shard, endpoint = :endpoint,"
-            " rateWindow = if_not_exists(rateWindow, :zero),"
-            " rateCount = if_not_exists(rateCount, :zero)"
+            " sweepShard = :shard, endpoint = :endpoint"
         )
         # welcomedAt is left alone: registering again keeps the welcome state.
         removed = []
@@ -348,18 +350,10 @@ class DynamoDbStore(ConnectionStore):
         self, connection_id: str, expected: ConnectionRecord, change: RecordChange
     ) -> bool:
         sets: list[str] = []
-        values: dict[str, AttributeValueTypeDef] = {
-            ":connected": _n(expected.connected_at),
-            ":rw0": _n(expected.rate_window),
-            ":rc0": _n(expected.rate_count),
-        }
+        values: dict[str, AttributeValueTypeDef] = {":connected": _n(expected.connected_at)}
         if change.claim_welcome:
             sets.append("welcomedAt = :now")
             values[":now"] = _n(self._clock())
-        if change.rate is not None:
-            sets.append("rateWindow = :rw, rateCount = :rc")
-            values[":rw"] = _n(change.rate[0])
-            values[":rc"] = _n(change.rate[1])
         if change.last_seen is not None:
             sets.append("lastSeen = :seen")
             values[":seen"] = _n(change.last_seen)
@@ -370,10 +364,25 @@ class DynamoDbStore(ConnectionStore):
         done, _old = self._update_if(
             _conn_key(connection_id),
             "SET " + ", ".join(sets),
-            f"connectedAt = :connected AND rateWindow = :rw0 AND rateCount = :rc0 AND {welcomed}",
+            f"connectedAt = :connected AND {welcomed}",
             values,
         )
         return done
+
+    def _count_message(self, key: str, window: int, limit: int, expires: int) -> bool:
+        # One item per key and window: a new window is a new item, so counting is always one
+        # conditional ADD (never a reset); TTL removes past windows.
+        try:
+            self._call(
+                "update_item", Key=_key(_RATE + key, str(window)),
+                UpdateExpression="ADD n :one SET expiresAt = :exp",
+                ConditionExpression="attribute_not_exists(n) OR n < :limit",
+                ExpressionAttributeValues={":one": _n(1), ":exp": _n(expires),
+                                           ":limit": _n(limit)},
+            )
+        except ConditionFailed:
+            return False  # the limit is reached in this window; nothing was counted
+        return True
 
     def _claim_welcome(self, connection_id: str, now: float) -> Claim:
         # "Live" inside the condition: the record exists and has not expired.  Comparing
@@ -790,8 +799,6 @@ def _record(item: Item) -> ConnectionRecord:
         source_ip=item.get("sourceIp", {}).get("S", ""),
         user=None if user is None else user.get("S"),
         endpoint=item.get("endpoint", {}).get("S", ""),
-        rate_window=int(item.get("rateWindow", {}).get("N", "0")),
-        rate_count=int(item.get("rateCount", {}).get("N", "0")),
         capabilities=item["caps"]["S"] if "caps" in item else None,
     )
 

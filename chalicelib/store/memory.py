@@ -42,6 +42,7 @@ class MemoryStore(ConnectionStore):
         # room -> connection id -> (user, ops)
         self._rooms: dict[str, dict[str, tuple[str | None, str | None]]] = {}
         self._claims_by_id: dict[str, str] = {}
+        self._rates: dict[str, tuple[int, int]] = {}  # rate key -> (window, count)
         self._memberships: dict[str, set[str]] = {}  # connection id -> rooms
         self._heads: dict[str, int] = {}  # room -> last seq
         self._messages_by_room: dict[str, dict[int, StoredMessage]] = {}
@@ -56,8 +57,6 @@ class MemoryStore(ConnectionStore):
                     record,
                     welcomed=old.welcomed,
                     last_seen=max(old.last_seen, record.last_seen),
-                    rate_window=old.rate_window,
-                    rate_count=old.rate_count,
                 )
             self._records[record.connection_id] = record
 
@@ -70,28 +69,27 @@ class MemoryStore(ConnectionStore):
     ) -> bool:
         with self._lock:
             record = self._records.get(connection_id)
-            if record is None or (
-                record.connected_at,
-                record.welcomed,
-                record.rate_window,
-                record.rate_count,
-            ) != (
-                expected.connected_at,
-                expected.welcomed,
-                expected.rate_window,
-                expected.rate_count,
+            if record is None or (record.connected_at, record.welcomed) != (
+                expected.connected_at, expected.welcomed
             ):
                 return False
             if change.claim_welcome:
                 record = dataclasses.replace(record, welcomed=True)
-            if change.rate is not None:
-                record = dataclasses.replace(
-                    record, rate_window=change.rate[0], rate_count=change.rate[1]
-                )
             if change.last_seen is not None:
                 record = dataclasses.replace(record, last_seen=change.last_seen)
             self._records[connection_id] = record
             return True
+
+    def _count_message(self, key: str, window: int, limit: int, expires: int) -> bool:
+        with self._lock:
+            stored, count = self._rates.get(key, (window - 1, 0))
+            if stored < window:
+                self._rates[key] = (window, 1)
+                return True
+            if count < limit:
+                self._rates[key] = (stored, count + 1)
+                return True
+            return False
 
     def _claim_welcome(self, connection_id: str, now: float) -> Claim:
         with self._lock:

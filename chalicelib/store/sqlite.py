@@ -38,7 +38,7 @@ from chalicelib.store.base import (
 
 #: Bumped whenever the schema changes: an older local file is dropped and recreated (it only holds
 #: connections of gateway runs that are over, so nothing of value is lost).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS connections (
@@ -50,8 +50,6 @@ CREATE TABLE IF NOT EXISTS connections (
     user_id       TEXT NULL,
     expires_at    REAL NOT NULL,
     endpoint      TEXT NOT NULL DEFAULT '',
-    rate_window   INTEGER NOT NULL DEFAULT 0,
-    rate_count    INTEGER NOT NULL DEFAULT 0,
     capabilities  TEXT NULL,
     claims        TEXT NULL
 );
@@ -66,6 +64,11 @@ CREATE TABLE IF NOT EXISTS memberships (
     PRIMARY KEY (room, connection_id)
 );
 CREATE INDEX IF NOT EXISTS memberships_connection_id ON memberships (connection_id);
+CREATE TABLE IF NOT EXISTS rates (
+    rate_key      TEXT PRIMARY KEY,
+    window_start  INTEGER NOT NULL,
+    count         INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS heads (
     room          TEXT PRIMARY KEY,
     seq           INTEGER NOT NULL
@@ -98,12 +101,13 @@ CREATE TABLE IF NOT EXISTS presence (
 """
 
 _OLD_TABLES = (
-    "connections", "memberships", "message_rates", "heads", "messages", "sends", "presence",
+    "connections", "memberships", "message_rates", "rates", "heads", "messages", "sends",
+    "presence",
 )
 
 _RECORD_COLUMNS = (
     "connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint,"
-    " rate_window, rate_count, capabilities"
+    " capabilities"
 )
 
 
@@ -266,9 +270,6 @@ class SqliteStore(ConnectionStore):
         if change.claim_welcome:
             sets.append("welcomed_at = ?")
             params.append(self._clock())
-        if change.rate is not None:
-            sets.append("rate_window = ?, rate_count = ?")
-            params.extend(change.rate)
         if change.last_seen is not None:
             sets.append("last_seen = ?")
             params.append(change.last_seen)
@@ -280,15 +281,26 @@ class SqliteStore(ConnectionStore):
                 f"""
                 UPDATE connections SET {", ".join(sets)}
                 WHERE connection_id = ? AND connected_at = ? AND {welcomed}
-                  AND rate_window = ? AND rate_count = ?
                 """,
-                (
-                    *params,
-                    connection_id,
-                    expected.connected_at,
-                    expected.rate_window,
-                    expected.rate_count,
-                ),
+                (*params, connection_id, expected.connected_at),
+            ).rowcount
+        return changed > 0
+
+    def _count_message(self, key: str, window: int, limit: int, expires: int) -> bool:
+        with self._translated() as conn:
+            # One statement, hence atomic across threads and processes: a newer window restarts
+            # the count; the same (or an older, skewed-clock) window increments below the limit;
+            # at the limit the WHERE clause stops the update and nothing changes (rowcount 0).
+            changed = conn.execute(
+                """
+                INSERT INTO rates (rate_key, window_start, count) VALUES (?, ?, 1)
+                ON CONFLICT (rate_key) DO UPDATE SET
+                    count = CASE WHEN excluded.window_start > window_start THEN 1
+                                 ELSE count + 1 END,
+                    window_start = max(window_start, excluded.window_start)
+                WHERE excluded.window_start > rates.window_start OR rates.count < ?
+                """,
+                (key, window, limit),
             ).rowcount
         return changed > 0
 
@@ -333,6 +345,7 @@ class SqliteStore(ConnectionStore):
             ]
             conn.execute("DELETE FROM memberships WHERE connection_id = ?", (connection_id,))
             conn.execute("DELETE FROM connections WHERE connection_id = ?", (connection_id,))
+            conn.execute("DELETE FROM rates WHERE rate_key = ?", (f"c:{connection_id}",))
         return Removal(None if row is None or row[0] is None else str(row[0]), rooms)
 
     def _join(
@@ -546,7 +559,7 @@ class SqliteStore(ConnectionStore):
 
 def _record(row: Any) -> ConnectionRecord:
     (connection_id, connected_at, last_seen, welcomed_at, source_ip, user_id, endpoint,
-     rate_window, rate_count, capabilities) = row
+     capabilities) = row
     return ConnectionRecord(
         connection_id=str(connection_id),
         connected_at=float(connected_at),
@@ -555,7 +568,5 @@ def _record(row: Any) -> ConnectionRecord:
         source_ip=str(source_ip or ""),
         user=None if user_id is None else str(user_id),
         endpoint=str(endpoint or ""),
-        rate_window=int(rate_window),
-        rate_count=int(rate_count),
         capabilities=None if capabilities is None else str(capabilities),
     )

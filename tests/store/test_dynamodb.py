@@ -140,17 +140,17 @@ def test_condition_failure_without_item_is_unknown(stubber: Stubber, store: Dyna
     assert store.claim_welcome("c1") is Claim.UNKNOWN
 
 
-def meta_item(*, welcomed: bool, rate_window: int = 0, rate_count: int = 0,
-              last_seen: float = T0) -> dict[str, Any]:
+def meta_item(*, welcomed: bool, last_seen: float = T0, user: str | None = None
+              ) -> dict[str, Any]:
     item = live_item(welcomed=welcomed)
     item["lastSeen"] = {"N": str(last_seen)}
-    item["rateWindow"] = {"N": str(rate_window)}
-    item["rateCount"] = {"N": str(rate_count)}
+    if user is not None:
+        item["user"] = {"S": user}
     return item
 
 
 def expect_update(stubber: Stubber, check: Any) -> None:
-    """Expect one conditional update_item; ``check(params)`` inspects what it writes."""
+    """Expect one conditional update_item of the meta item; ``check(update)`` inspects it."""
 
     class Inspect:
         def __eq__(self, other: object) -> bool:
@@ -164,42 +164,60 @@ def expect_update(stubber: Stubber, check: Any) -> None:
     })
 
 
+def expect_count(stubber: Stubber, key: str, *, refused: bool = False) -> None:
+    """Expect the rate counter's one conditional ADD on the window's item of ``key``."""
+    window = int(T0 // 10) * 10
+    params = {
+        "TableName": TABLE, "Key": {"pk": {"S": f"rate#{key}"}, "sk": {"S": str(window)}},
+        "UpdateExpression": "ADD n :one SET expiresAt = :exp",
+        "ConditionExpression": "attribute_not_exists(n) OR n < :limit",
+        "ExpressionAttributeValues": {":one": {"N": "1"}, ":exp": {"N": str(window + 70)},
+                                      ":limit": {"N": "10"}},
+    }
+    if refused:
+        stubber.add_client_error("update_item",
+                                 service_error_code="ConditionalCheckFailedException",
+                                 expected_params=params)
+    else:
+        stubber.add_response("update_item", {}, params)
+
+
 def test_steady_message_is_one_read_and_one_write_without_an_index_move(
     stubber: Stubber, store: DynamoDbStore
 ) -> None:
-    # The Stubber fails on any call not listed: exactly one GetItem and one UpdateItem.
-    window = int(T0 // 10) * 10
-    stubber.add_response("get_item", {"Item": meta_item(welcomed=True, rate_window=window,
-                                                         rate_count=3)})
-
-    def writes_only_the_counter(update: object) -> None:
-        assert update == "SET rateWindow = :rw, rateCount = :rc"  # lastSeen untouched: no index
-
-    expect_update(stubber, writes_only_the_counter)
+    # The Stubber fails on any call not listed: one GetItem, then the counter's UpdateItem; the
+    # meta item (and so the sweep index) is not written.
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=True)})
+    expect_count(stubber, "c:c1")
     admission = store.admit("c1", rate_limit=10, window_seconds=10)
     assert (admission.claim, admission.admitted) == (Claim.ALREADY_CLAIMED, True)
 
 
-def test_rate_limited_message_is_one_read_and_no_write(
+def test_the_rate_counter_belongs_to_the_user(stubber: Stubber, store: DynamoDbStore) -> None:
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=True, user="alice")})
+    expect_count(stubber, "u:alice")
+    assert store.admit("c1", rate_limit=10, window_seconds=10).admitted
+
+
+def test_rate_limited_message_costs_what_an_accepted_one_does(
     stubber: Stubber, store: DynamoDbStore
 ) -> None:
-    window = int(T0 // 10) * 10
-    stubber.add_response("get_item", {"Item": meta_item(welcomed=True, rate_window=window,
-                                                         rate_count=10)})
+    stubber.add_response("get_item", {"Item": meta_item(welcomed=True)})
+    expect_count(stubber, "c:c1", refused=True)
     admission = store.admit("c1", rate_limit=10, window_seconds=10)
     assert admission.admitted is False
 
 
-def test_first_message_folds_the_claim_into_the_one_write(
+def test_first_message_claims_the_welcome_then_counts(
     stubber: Stubber, store: DynamoDbStore
 ) -> None:
     stubber.add_response("get_item", {"Item": meta_item(welcomed=False)})
 
-    def claims_and_counts(update: object) -> None:
-        assert isinstance(update, str)
-        assert "welcomedAt = :now" in update and "rateCount = :rc" in update
+    def claims(update: object) -> None:
+        assert update == "SET welcomedAt = :now"
 
-    expect_update(stubber, claims_and_counts)
+    expect_update(stubber, claims)
+    expect_count(stubber, "c:c1")
     assert store.admit("c1", rate_limit=10, window_seconds=10).claim is Claim.CLAIMED
 
 
@@ -218,8 +236,8 @@ def test_lost_race_reads_again(stubber: Stubber, store: DynamoDbStore) -> None:
     stubber.add_client_error("update_item", service_error_code="ConditionalCheckFailedException")
     # Someone else claimed the welcome in between: the second round sees it and does not claim.
     stubber.add_response("get_item", {"Item": meta_item(welcomed=True)})
-    expect_update(stubber, lambda update: None)
-    assert store.admit("c1", rate_limit=5, window_seconds=10).claim is Claim.ALREADY_CLAIMED
+    expect_count(stubber, "c:c1")
+    assert store.admit("c1", rate_limit=10, window_seconds=10).claim is Claim.ALREADY_CLAIMED
 
 
 def test_member_pages_query_one_page_at_a_time(stubber: Stubber, store: DynamoDbStore) -> None:
@@ -343,10 +361,10 @@ def test_items_carry_ttl_and_index_keys() -> None:
         store.register("c1", connected_at=T0, user="alice")
         store.join("c1", "lobby", user="alice")
         items = raw.scan(TableName="t2")["Items"]  # the test may scan; the store never does
-        # meta, the connection's side, the room's side, the room's counter
+        # meta, the connection's side, the room's side, the room's counter, the user's index
         assert sorted((i["pk"]["S"], i["sk"]["S"]) for i in items) == [
             ("conn#c1", "meta"), ("conn#c1", "room#lobby"),
-            ("room#lobby", "conn#c1"), ("room#lobby", "count")]
+            ("room#lobby", "conn#c1"), ("room#lobby", "count"), ("usr#alice", "conn#c1")]
         assert all(TTL_ATTRIBUTE in item for item in items)
         assert all(item[TTL_ATTRIBUTE]["N"].isdigit() for item in items)
         meta = next(item for item in items if item["sk"]["S"] == "meta")
