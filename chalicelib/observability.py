@@ -37,6 +37,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.logging.types import LogRecord
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chalicelib.errors import ConfigError
@@ -96,8 +97,9 @@ class RedactingFormatter(LambdaPowertoolsFormatter):
     the stack and the ``extra`` keys.
     """
 
-    def serialize(self, log: dict[str, Any]) -> str:
-        return super().serialize(scrub(log))
+    def serialize(self, log: LogRecord) -> str:
+        scrubbed: dict[str, Any] = scrub(dict(log))
+        return super().serialize(scrubbed)
 
 
 class Observability:
@@ -110,7 +112,7 @@ class Observability:
         self._saved = _LoggingState.save(app_logger)
         self.logger = Logger(service=SERVICE, level=config.level, stream=sys.stdout,
                              logger_formatter=RedactingFormatter())
-        if self.logger._logger is not app_logger:  # noqa: SLF001 - Powertools keeps it private
+        if logging.getLogger(SERVICE) is not app_logger:
             raise RuntimeError(f"app.log must be the {SERVICE!r} logger")
         # Chalice's plain-text stdout handler would print every line a second time.
         for handler in list(app_logger.handlers):
@@ -166,9 +168,13 @@ class Observability:
         self._saved.restore(self._app_logger, self.logger.logger_handler)
 
 
+#: Chalice.FORMAT_STRING: the plain-text handler Chalice puts on app.log.
+_CHALICE_FORMAT = "%(name)s - %(levelname)s - %(message)s"
+
+
 def _is_chalice_handler(handler: logging.Handler) -> bool:
     fmt = getattr(handler.formatter, "_fmt", None)
-    return type(handler) is logging.StreamHandler and fmt == "%(name)s - %(levelname)s - %(message)s"
+    return type(handler) is logging.StreamHandler and fmt == _CHALICE_FORMAT
 
 
 @dataclass
