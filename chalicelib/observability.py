@@ -78,15 +78,18 @@ class Config:
 
 
 def scrub(value: Any, key: str = "") -> Any:
-    """``value`` (a JSON-ready structure) with every string redacted, and every string under a
-    secret-named key replaced; numbers, booleans and the structure are kept."""
+    """``value`` with every string redacted, every string under a secret-named key replaced and
+    every other object turned into redacted text; numbers, booleans and the structure are kept."""
     if isinstance(value, str):
         return REDACTED if key and _SECRET_KEY.search(key) else redact(value)
     if isinstance(value, dict):
         return {k: scrub(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [scrub(item, key) for item in value]
-    return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    # Anything else is written with str() (Powertools' stack_trace holds the exception itself).
+    return scrub(str(value), key)
 
 
 class RedactingFormatter(LambdaPowertoolsFormatter):
