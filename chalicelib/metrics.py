@@ -17,6 +17,11 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
+#: The ``service`` dimension (and Powertools' service name): Chalice's app name.
+SERVICE = "ws-rooms"
+#: ``METRICS_NAMESPACE`` when unset.
+DEFAULT_NAMESPACE = "WsRooms"
+
 #: Client frames received (``$default`` invocations that reached the service).
 MESSAGES_IN = "MessagesIn"
 #: Frames API Gateway accepted (PostToConnection answered 200): replies, welcomes, room messages.

@@ -41,12 +41,9 @@ from aws_lambda_powertools.logging.types import LogRecord
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chalicelib.errors import ConfigError
-from chalicelib.metrics import COUNTERS, TIMINGS, Tally
+from chalicelib.metrics import COUNTERS, DEFAULT_NAMESPACE, SERVICE, TIMINGS, Tally
 from chalicelib.redaction import REDACTED, redact
 
-#: The service: Chalice's app name, the name of ``app.log`` and the ``service`` dimension.
-SERVICE = "ws-rooms"
-DEFAULT_NAMESPACE = "WsRooms"
 #: Loggers that get the JSON handler besides ``app.log`` (the library's module loggers).
 LIBRARY_LOGGERS = ("chalicelib",)
 _NAMESPACE = re.compile(r"[^\s:][^:]{0,254}")
