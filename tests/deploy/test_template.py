@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
+from chalicelib import metrics
 from chalicelib.errors import ConfigError
 from chalicelib.settings import Settings
 from chalicelib.store.dynamodb import LAST_SEEN_INDEX, TTL_ATTRIBUTE, table_definition
-from chalicelib import metrics
 from deploy import monitoring, policies
 from deploy.chalice_cli import ENV_FILE_VARIABLE, load_env_file, overlay_environment
 from deploy.package import (
