@@ -165,6 +165,9 @@ class Observability:
         self.metrics.flush_metrics()
 
     def uninstall(self) -> None:
+        # Powertools keeps metrics and default dimensions on the class: start the next clean.
+        self.metrics.clear_default_dimensions()
+        self.metrics.clear_metrics()
         self._saved.restore(self._app_logger, self.logger.logger_handler)
 
 
