@@ -323,3 +323,31 @@ def test_configuration_is_validated() -> None:
                       ({"STAGE": "pr od"}, "STAGE"), ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL")):
         with pytest.raises(ConfigError, match=name):
             Config.from_env(env)
+
+
+def test_a_large_room_counts_queued_recipients_then_the_workers_deliveries(
+    harness: AppHarness, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="ws-rooms-fanout")["QueueUrl"]
+        monkeypatch.setenv("FANOUT_QUEUE_URL", url)
+        monkeypatch.setenv("FANOUT_INLINE_MAX", "3")
+        monkeypatch.setenv("PRESENCE", "off")
+        sender, *others = [harness.connect() for _ in range(6)]
+        for cid in (sender, *others):
+            harness.join(cid, "big")
+        capsys.readouterr()
+        reply = harness.send(sender, {"action": "send", "room": "big", "data": 1})
+        assert reply["data"]["queued"] == 5
+        sent = counts(printed(capsys).only_emf())
+        assert sent["FanOutQueued"] == 5 and sent["MessagesIn"] == 1
+        bodies = [m["Body"] for m in sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10)["Messages"]]
+        harness.invoke("fan_out_worker", sqs_event(*bodies, queue="ws-rooms-fanout"))
+        document = printed(capsys).only_emf()  # one document for the whole batch of records
+        assert_valid_emf(document)
+        assert counts(document) == {"Deliveries": 5}
