@@ -2,7 +2,9 @@
 
 Each handler is a few lines: it reads the event and hands it to :mod:`chalicelib.service`.
 The library is imported on first use, not at import time, so cold starts stay close to a bare
-Chalice app and importing this module needs no credentials or network.
+Chalice app and importing this module needs no credentials or network.  So is Powertools: the
+middleware below installs JSON logs and EMF metrics (chalicelib/observability.py) on the first
+invocation.
 """
 
 from __future__ import annotations
@@ -36,6 +38,15 @@ logging.getLogger("chalicelib").setLevel(os.environ.get("LOG_LEVEL", "INFO").upp
 #: The queues' names; deployment resources and the local gateway use the same ones.
 WELCOME_QUEUE_NAME = os.environ.get("WELCOME_QUEUE_NAME", "ws-rooms-welcome")
 FANOUT_QUEUE_NAME = os.environ.get("FANOUT_QUEUE_NAME", "ws-rooms-fanout")
+
+
+@app.middleware("all")
+def _observed(event: Any, get_response: Any) -> Any:
+    """Every invocation: correlated JSON log lines, and one EMF metrics document at the end."""
+    from chalicelib.observability import observe
+    from chalicelib.runtime import recorder
+
+    return observe(app.log, recorder(), event, get_response)
 
 
 def _messaging() -> Messaging:
@@ -91,8 +102,9 @@ def _well_formed_only(handler: Any) -> Any:
 def connect(event: WebsocketEvent) -> dict[str, Any]:
     from chalicelib.auth import AuthError, JwksUnavailableError
     from chalicelib.errors import ConfigError
+    from chalicelib.metrics import AUTH_REFUSED
     from chalicelib.redaction import loggable
-    from chalicelib.runtime import connect_gate
+    from chalicelib.runtime import connect_gate, recorder
 
     raw = event.to_dict()
     ctx, endpoint = _endpoint(raw)
@@ -105,6 +117,7 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
     except AuthError as exc:
         # Nothing is registered for a refused connection; the reason is logged, never the token.
         # Every client-controlled part is escaped (one log line per refusal, whatever it holds).
+        recorder().count(AUTH_REFUSED)
         app.log.info("$connect %s from %s refused with %d: %s", loggable(ctx.connection_id),
                      loggable(ctx.source_ip), exc.status, loggable(exc.reason, 500))
         return {"statusCode": exc.status}
@@ -142,11 +155,13 @@ def _each_record(event: SQSEvent, handle: Any) -> dict[str, list[dict[str, str]]
     source mapping (deploy/package.py sets it).
     """
     from chalicelib.errors import BadEventError, WsAppError
+    from chalicelib.observability import correlate
     from chalicelib.redaction import loggable
 
     failures = []
     for record in event:
         message_id = str(record.to_dict().get("messageId", ""))
+        correlate(message_id=message_id)
         try:
             handle(record.body)
         except BadEventError as exc:

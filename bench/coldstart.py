@@ -30,6 +30,15 @@ def index():
 HELLO_CONFIG = '{"version": "2.0", "app_name": "hello", "stages": {"dev": {}}}\n'
 IMPORT = ("import time; t = time.perf_counter(); import app; "
           "print(time.perf_counter() - t)")
+#: What the first invocation imports before any handler code runs: the wiring (chalicelib.runtime,
+#: botocore's exceptions, the stores' base) and then Powertools' JSON logging and EMF metrics
+#: (chalicelib/observability.py, imported lazily by app.py's middleware, never by the import).
+IMPORT_FIRST_CALL = ("import time; t = time.perf_counter(); import app, chalicelib.runtime; "
+                     "print(time.perf_counter() - t)")
+IMPORT_OBSERVED = (
+    "import time; t = time.perf_counter(); import app, chalicelib.runtime; "
+    "from chalicelib.observability import install; "
+    "install(app.app.log, chalicelib.runtime.recorder()); print(time.perf_counter() - t)")
 PACKAGE_TIMEOUT = 180
 
 
@@ -40,10 +49,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _import_once(cwd: str) -> tuple[float, float]:
+def _import_once(cwd: str, code: str = IMPORT) -> tuple[float, float]:
     """(process wall seconds, in-process import seconds)."""
     started = time.perf_counter()
-    out = subprocess.run([PYTHON, "-c", IMPORT], cwd=cwd, env=_env(), capture_output=True,
+    out = subprocess.run([PYTHON, "-c", code], cwd=cwd, env=_env(), capture_output=True,
                          text=True, timeout=60, check=True).stdout
     return time.perf_counter() - started, float(out.strip().splitlines()[-1])
 
@@ -74,10 +83,15 @@ def run(quick: bool) -> Section:
         for cwd in (ROOT, str(hello)):  # warm the page cache and bytecode
             _import_once(cwd)
         app_wall, app_imp, hello_wall, hello_imp = [], [], [], []
+        observed_wall, observed_imp, first_imp = [], [], []
         for _ in range(runs):
             w, i = _import_once(ROOT)
             app_wall.append(w)
             app_imp.append(i)
+            w, i = _import_once(ROOT, IMPORT_OBSERVED)
+            observed_wall.append(w)
+            observed_imp.append(i)
+            first_imp.append(_import_once(ROOT, IMPORT_FIRST_CALL)[1])
             w, i = _import_once(str(hello))
             hello_wall.append(w)
             hello_imp.append(i)
@@ -100,11 +114,19 @@ def run(quick: bool) -> Section:
         "6. Cold start and package size",
         ["measure", "baseline: hello-world Chalice app", "this app", "ratio", "goal"],
     )
+    # Issue 14's bound for the module import is 1.8x; the import stays near 1.1x because
+    # Powertools is imported by the first invocation, not by app.py.
     goal_met = "met" if aw / hw <= 1.2 else "NOT met"
     section.rows.append(["`python -c \"import app\"` wall ms (fresh interpreter, median)",
                          fmt(hw * 1000), fmt(aw * 1000), ratio(aw, hw), f"<= 1.20x {goal_met}"])
     section.rows.append(["import of the module alone, ms (median)", fmt(hi * 1000, 2),
                          fmt(ai * 1000, 2), ratio(ai, hi), ""])
+    ow, oi, fi = median(observed_wall), median(observed_imp), median(first_imp)
+    section.rows.append(["first invocation's imports (app + chalicelib.runtime), ms (median)",
+                         fmt(hi * 1000, 2), fmt(fi * 1000, 2), ratio(fi, hi), ""])
+    section.rows.append(["... plus Powertools JSON logs and EMF metrics set up, ms (median; "
+                         f"Powertools adds {fmt((oi - fi) * 1000, 1)} ms)", fmt(hi * 1000, 2),
+                         fmt(oi * 1000, 2), ratio(oi, hi), ""])
 
     def size(value: int | None, status: str) -> str:
         return f"{value / 1024:,.1f} KiB" if value is not None else status
@@ -117,6 +139,6 @@ def run(quick: bool) -> Section:
         f"{runs} alternating runs of each; the app's package built by {how}, the hello-world's "
         "by `chalice package` (boto3/botocore are provided by the Lambda runtime and not "
         "vendored).")
-    section.data = {"app_wall": aw, "hello_wall": hw, "app_size": app_size,
+    section.data = {"app_wall": aw, "hello_wall": hw, "observed_wall": ow, "app_size": app_size,
                     "hello_size": hello_size}
     return section

@@ -5,10 +5,15 @@ every send) and turns each PostToConnection into an :class:`Outcome`:
 
 * ``DELIVERED``: 200.
 * ``GONE``: 410. The connection is closed; the caller prunes exactly that connection.
-* ``FORBIDDEN``: 403. IAM or endpoint misconfiguration, not the client's fault: logged as an
-  error and never pruned (pruning would silently drop live clients).
+* ``FORBIDDEN``: 403. IAM or endpoint misconfiguration, not the client's fault: logged at
+  WARNING with the target and never pruned (pruning would silently drop live clients).
 * ``TOO_LARGE``: the frame exceeds 128 KB, refused before any call (or a 413 from the service).
-* ``FAILED``: throttling (429), 5xx or a network error that outlasted the bounded retries.
+* ``FAILED``: throttling (429), 5xx or a network error that outlasted the bounded retries
+  (logged at WARNING with the target).
+
+Each answer is also counted on the injected :class:`~chalicelib.metrics.Recorder`: ``Deliveries``,
+``Gone``, ``Forbidden``, ``DeliveryFailures`` per post, and ``Throttled`` for every 429 seen,
+before any retry.  Per-delivery detail is logged at DEBUG only.
 
 There is deliberately no verify-before-send: GetConnection doubles the calls and still races
 with the close.  :meth:`Deliverer.verify` exists for the welcome follow-up and the sweep, where
@@ -32,6 +37,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib import metrics
+from chalicelib.metrics import NULL_RECORDER, Recorder
 from chalicelib.protocol import MAX_MESSAGE_BYTES
 from chalicelib.retry import RetryPolicy
 
@@ -90,6 +97,15 @@ _RETRYABLE_CODES = {
 }
 
 
+def _throttled(exc: Exception) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code", "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return status == 429 or code in (
+        "LimitExceededException", "ThrottlingException", "TooManyRequestsException")
+
+
 def _classify(exc: Exception) -> _Kind:
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
@@ -131,7 +147,8 @@ class Deliverer:
     """Sends frames to connections through one management-API client.
 
     Create one per endpoint and keep it for the container's life; it is thread-safe (boto3
-    clients are).  ``sleep`` and ``rng`` are injected so retry tests do not wait.
+    clients are).  ``sleep`` and ``rng`` are injected so retry tests do not wait; ``recorder``
+    receives the metrics (:mod:`chalicelib.metrics`).
     """
 
     def __init__(
@@ -141,8 +158,10 @@ class Deliverer:
         retry: RetryPolicy | None = None,
         sleep: Sleep = time.sleep,
         rng: Callable[[], float] = random.random,
+        recorder: Recorder = NULL_RECORDER,
     ) -> None:
         self.client = client
+        self.recorder = recorder
         self.retry = retry or RetryPolicy()
         self.calls = CallCounter()
         self._sleep = sleep
@@ -155,26 +174,62 @@ class Deliverer:
         when the payload is over 128 KB.
         """
         if len(payload) > MAX_MESSAGE_BYTES:
-            return Outcome.TOO_LARGE
-        kind = self._call("post", connection_id, payload)
-        return {
-            _Kind.OK: Outcome.DELIVERED,
-            _Kind.GONE: Outcome.GONE,
-            _Kind.FORBIDDEN: Outcome.FORBIDDEN,
-            _Kind.TOO_LARGE: Outcome.TOO_LARGE,
-        }.get(kind, Outcome.FAILED)
+            outcome, attempts, error = Outcome.TOO_LARGE, 0, None
+        else:
+            kind, attempts, error = self._call("post", connection_id, payload)
+            outcome = {
+                _Kind.OK: Outcome.DELIVERED,
+                _Kind.GONE: Outcome.GONE,
+                _Kind.FORBIDDEN: Outcome.FORBIDDEN,
+                _Kind.TOO_LARGE: Outcome.TOO_LARGE,
+            }.get(kind, Outcome.FAILED)
+        self.recorder.count(_OUTCOME_METRIC[outcome])
+        if outcome in (Outcome.DELIVERED, Outcome.GONE):
+            logger.debug("post to %s: %s", connection_id, outcome.value,
+                         extra={"target_connection_id": connection_id, "outcome": outcome.value})
+        else:
+            self._warn("post", connection_id, outcome.value, attempts, error)
+        return outcome
 
     def verify(self, connection_id: str) -> Liveness:
         """Ask API Gateway whether the connection is open (GetConnection)."""
-        kind = self._call("get", connection_id, b"")
+        kind, attempts, error = self._call("get", connection_id, b"")
         if kind is _Kind.OK:
             return Liveness.ALIVE
         if kind is _Kind.GONE:
+            self.recorder.count(metrics.GONE)
             return Liveness.GONE
+        if kind is _Kind.FORBIDDEN:
+            self.recorder.count(metrics.FORBIDDEN)
+        self._warn("get", connection_id, Liveness.UNKNOWN.value, attempts, error)
         return Liveness.UNKNOWN
 
-    def _call(self, operation: str, connection_id: str, payload: bytes) -> _Kind:
+    def _warn(self, operation: str, connection_id: str, outcome: str, attempts: int,
+              error: Exception | None) -> None:
+        """One WARNING line per refused or given-up call, naming the target and the outcome."""
+        if error is not None and _classify(error) is _Kind.FORBIDDEN:
+            text = (f"management API refused {operation} on {connection_id} with 403: check the"
+                    " function's execute-api:ManageConnections permission and the endpoint"
+                    f" ({self.client.meta.endpoint_url})")
+        elif error is not None and _classify(error) is _Kind.RETRYABLE:
+            text = (f"management API {operation} on {connection_id} still failing after"
+                    f" {attempts} attempts: {error}")
+        elif error is not None:
+            text = f"management API {operation} on {connection_id} failed: {error}"
+        else:
+            text = (f"management API {operation} on {connection_id} not attempted: the frame is"
+                    " over 128 KB")
+        logger.warning("%s (outcome %s)", text, outcome,
+                       extra={"target_connection_id": connection_id, "outcome": outcome,
+                              "operation": operation, "attempts": attempts})
+
+    def _call(
+        self, operation: str, connection_id: str, payload: bytes
+    ) -> tuple[_Kind, int, Exception | None]:
+        """(what the last attempt answered, attempts made, the last error)."""
         kind = _Kind.FATAL
+        error: Exception | None = None
+        attempt = 0
         for attempt in range(1, self.retry.max_attempts + 1):
             self.calls.count(operation)
             try:
@@ -182,30 +237,26 @@ class Deliverer:
                     self.client.post_to_connection(ConnectionId=connection_id, Data=payload)
                 else:
                     self.client.get_connection(ConnectionId=connection_id)
-                return _Kind.OK
+                return _Kind.OK, attempt, None
             except (ClientError, BotoCoreError) as exc:
+                error = exc
                 kind = _classify(exc)
-                if kind is _Kind.FORBIDDEN:
-                    logger.error(
-                        "management API refused %s on %s with 403: check the function's "
-                        "execute-api:ManageConnections permission and the endpoint (%s)",
-                        operation,
-                        connection_id,
-                        self.client.meta.endpoint_url,
-                    )
+                if _throttled(exc):
+                    self.recorder.count(metrics.THROTTLED)
                 if kind is not _Kind.RETRYABLE:
-                    if kind is _Kind.FATAL:
-                        logger.error("management API %s on %s failed: %s", operation,
-                                     connection_id, exc)
-                    return kind
+                    return kind, attempt, exc
                 if attempt < self.retry.max_attempts:
                     self._sleep(self.retry.delay(attempt, self._rng))
-                else:
-                    logger.warning(
-                        "management API %s on %s still failing after %d attempts: %s",
-                        operation, connection_id, attempt, exc,
-                    )
-        return kind
+        return kind, attempt, error
+
+
+_OUTCOME_METRIC = {
+    Outcome.DELIVERED: metrics.DELIVERIES,
+    Outcome.GONE: metrics.GONE,
+    Outcome.FORBIDDEN: metrics.FORBIDDEN,
+    Outcome.TOO_LARGE: metrics.DELIVERY_FAILURES,
+    Outcome.FAILED: metrics.DELIVERY_FAILURES,
+}
 
 
 @dataclass

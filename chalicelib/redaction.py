@@ -44,9 +44,10 @@ _SECRET_KEY = (
     + "(?:" + "|".join(_spelled(word) for word in _SECRET_WORDS) + ")"
 )
 #: ``token=...`` and friends in query strings, form bodies and ``key=value`` log text, with the
-#: key or the ``=`` percent-encoded too (``%74oken=``, ``token%3D``).
+#: key or the ``=`` percent-encoded too (``%74oken=``, ``token%3D``).  A value the JWT pattern
+#: already replaced is left alone (else ``token=[REDACTED]`` would become ``[REDACTED]]``).
 _QUERY_SECRET = re.compile(
-    r"(?i)(" + _SECRET_KEY + r"(?:=|%3d))(?:(?!%26)[^&\s\"'#;,)}\]])+"
+    r"(?i)(" + _SECRET_KEY + r"(?:=|%3d))(?!\[REDACTED\])(?:(?!%26)[^&\s\"'#;,)}\]])+"
 )
 #: The same keys quoted, as in dict reprs and JSON: ``'token': 'abc'``, ``"auth_token": b'..'``,
 #: ``'token': ['a', 'b']``.

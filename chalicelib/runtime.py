@@ -21,6 +21,7 @@ from chalicelib.auth import ConnectGate, build_gate
 from chalicelib.delivery import Deliverer, RetryPolicy
 from chalicelib.fanout import FanOutQueue
 from chalicelib.limits import Limits
+from chalicelib.metrics import Tally
 from chalicelib.rooms import RoomFeatures
 from chalicelib.service import Messaging
 from chalicelib.settings import Settings
@@ -34,6 +35,14 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _services: dict[tuple[Settings, JoinAuthorizer | None, int], Messaging] = {}
 _gates: dict[Settings, ConnectGate] = {}
+#: The container's metrics: every service and deliverer counts here, and the observability
+#: middleware (chalicelib/observability.py) drains it into one EMF blob per invocation.
+_tally = Tally()
+
+
+def recorder() -> Tally:
+    """The process-wide metrics tally (see :mod:`chalicelib.metrics`)."""
+    return _tally
 
 
 K = TypeVar("K")
@@ -112,6 +121,7 @@ def build(settings: Settings, join_authorizer: JoinAuthorizer | None = None) -> 
             presence=settings.presence,
             dedupe_seconds=settings.dedupe_seconds,
         ),
+        recorder=_tally,
     )
 
 
@@ -134,6 +144,7 @@ class _DelivererCache:
         return Deliverer(
             management_client(endpoint, self._settings),
             retry=RetryPolicy(max_attempts=self._settings.delivery_max_attempts),
+            recorder=_tally,
         )
 
 

@@ -41,6 +41,16 @@ from chalicelib.errors import PushError, VerificationError
 from chalicelib.events import ConnectionContext
 from chalicelib.fanout import MAX_ATTEMPTS, RETRY_DELAY_SECONDS, FanOutBatch, FanOutQueue
 from chalicelib.limits import UNLIMITED, Limits, data_size
+from chalicelib.metrics import (
+    FANOUT_MS,
+    FANOUT_QUEUED,
+    MESSAGES_IN,
+    NULL_RECORDER,
+    RATE_LIMITED,
+    WELCOMES_FIRST_MESSAGE,
+    WELCOMES_FOLLOW_UP,
+    Recorder,
+)
 from chalicelib.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -202,6 +212,8 @@ class Messaging:
         features: RoomFeatures = DEFAULT_FEATURES,
         join_authorizer: JoinAuthorizer | None = None,
         actions: ActionRegistry | None = None,
+        recorder: Recorder = NULL_RECORDER,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         if inline_max < 1:
             raise ValueError("inline_max must be at least 1")
@@ -222,6 +234,9 @@ class Messaging:
         #: With authentication on, every room message carries the sender's user id; a record
         #: without one (lost and healed) cannot send until the client reconnects with a token.
         self._auth_required = auth_required
+        #: Metrics (chalicelib/metrics.py); ``timer`` measures FanOutMs (seconds, monotonic).
+        self._recorder = recorder
+        self._timer = timer
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -275,6 +290,7 @@ class Messaging:
         Never raises for bad input: every failure becomes an ``error`` frame to the client, and
         unexpected ones are logged with their traceback (which never reaches the client).
         """
+        self._recorder.count(MESSAGES_IN)
         deliverer = self._deliverer_for(endpoint)
         connection_id = ctx.connection_id
         request: Request | None = None
@@ -283,6 +299,7 @@ class Messaging:
         try:
             request = parse_frame(body, is_base64, self._parsers)
             request_id = request.id
+            logger.debug("frame from %s: %s", connection_id, type(request).__name__.lower())
         except ProtocolError as exc:
             reply = error_frame(exc.code, exc.message, exc.request_id)
         try:
@@ -290,6 +307,8 @@ class Messaging:
             if admission is None:
                 return
             if not admission.admitted:
+                self._recorder.count(RATE_LIMITED)
+                logger.debug("rate limited %s", connection_id)
                 reply = error_frame(
                     ErrorCode.RATE_LIMITED,
                     f"more than {self._limits.rate_limit} messages in"
@@ -331,6 +350,8 @@ class Messaging:
         if self.store.claim_welcome(follow_up.connection_id) is not Claim.CLAIMED:
             return None
         outcome = deliverer.post(follow_up.connection_id, self._welcome(follow_up.connection_id))
+        if outcome is Outcome.DELIVERED:
+            self._recorder.count(WELCOMES_FOLLOW_UP)
         if outcome is Outcome.GONE:
             self._prune([follow_up.connection_id], follow_up.endpoint)
         return outcome
@@ -359,6 +380,7 @@ class Messaging:
                     attempt=batch.attempt + 1,
                     delay_seconds=RETRY_DELAY_SECONDS * (batch.attempt + 1),
                 )
+                self._recorder.count(FANOUT_QUEUED, requeued)
                 return RoomDelivery(counts.delivered, counts.gone,
                                     counts.failed - requeued, requeued)
             logger.error("fan-out to %s: giving up on %d recipients after %d attempts",
@@ -624,7 +646,10 @@ class Messaging:
                 return Published(earlier.seq, earlier.mid, RoomDelivery(0, 0, 0), duplicate=True)
         stored = StoredMessage(seq, message.mid, sender, text, message.ts)
         payload = message_frame(room, stored)
-        return Published(seq, message.mid, self._deliver_to(audience, payload, endpoint))
+        started = self._timer()
+        delivery = self._deliver_to(audience, payload, endpoint)
+        self._recorder.timing(FANOUT_MS, (self._timer() - started) * 1000)
+        return Published(seq, message.mid, delivery)
 
     def _retained(
         self, room: str, *, after: int, upto: int, head: int, limit: int
@@ -681,6 +706,7 @@ class Messaging:
         # not one short batch per page), and the room is never held in one list.
         recipients = itertools.chain.from_iterable(audience.pages())
         queued = self._fanout_queue.enqueue(audience.room, endpoint, payload, recipients)
+        self._recorder.count(FANOUT_QUEUED, queued)
         return RoomDelivery(delivered=0, gone=0, failed=0, queued=queued)
 
     def _announce(
@@ -758,11 +784,13 @@ class Messaging:
                 endpoint=endpoint,
             )
             admission = self._admission(ctx.connection_id)
-        if admission.claim is Claim.CLAIMED and deliverer.post(
-            ctx.connection_id, self._welcome(ctx.connection_id)
-        ) is Outcome.GONE:
-            self._prune([ctx.connection_id], endpoint)
-            return None
+        if admission.claim is Claim.CLAIMED:
+            outcome = deliverer.post(ctx.connection_id, self._welcome(ctx.connection_id))
+            if outcome is Outcome.DELIVERED:
+                self._recorder.count(WELCOMES_FIRST_MESSAGE)
+            elif outcome is Outcome.GONE:
+                self._prune([ctx.connection_id], endpoint)
+                return None
         return admission
 
     def _admission(self, connection_id: str) -> Admission:

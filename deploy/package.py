@@ -11,7 +11,8 @@
    It also adds the stack parameters of :data:`AUTH_PARAMETERS` (authentication is mandatory in
    Lambda: ``AuthJwksUrl`` is required, passed to every function as ``WS_AUTH_JWKS_URL``) and of
    :data:`THROTTLING_PARAMETERS` (the WebSocket stage's default and ``$connect`` throttling,
-   with data trace logging off).
+   with data trace logging off), and the alarms, their SNS topic and the dashboard
+   (:mod:`deploy.monitoring`; ``METRICS_NAMESPACE`` and ``STAGE`` of every function).
 2. Runs ``chalice package --stage STAGE --merge-template OUTDIR/merge-template.json OUTDIR`` with
    the Lambda runtime pinned (:mod:`deploy.chalice_cli`, default python3.12).
 3. Checks the result (:func:`check_package`) and prints the artifact sizes.
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.chalice_cli import ENV_FILE_VARIABLE, runtime_from_env
+from deploy.monitoring import add_monitoring
 from deploy.policies import API_GATEWAY_STAGE, FUNCTIONS, cfn_policy, function_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +140,8 @@ def merge_template(stage: str) -> dict[str, Any]:
                 "FANOUT_QUEUE_URL": {"Ref": "FanOutQueue"},
                 "FANOUT_QUEUE_NAME": {"Fn::GetAtt": ["FanOutQueue", "QueueName"]},
                 "WS_MANAGEMENT_ENDPOINT": {"Fn::Sub": endpoint},
+                "METRICS_NAMESPACE": {"Ref": "MetricsNamespace"},
+                "STAGE": {"Ref": "Stage"},
                 **{variable: {"Ref": parameter}
                    for parameter, (variable, _definition) in AUTH_PARAMETERS.items()},
             }},
@@ -208,6 +212,8 @@ def merge_template(stage: str) -> dict[str, Any]:
     del template["Conditions"]["IsProd"]
     if not template["Conditions"]:
         del template["Conditions"]
+    # Alarms (all notifying one SNS topic) and the dashboard: deploy/monitoring.py.
+    add_monitoring(template, stage)
     resolved: dict[str, Any] = _resolve_if(template, "IsProd", is_prod)
     return resolved
 
@@ -243,7 +249,59 @@ def build(stage: str, outdir: Path) -> dict[str, Any]:
          "--stage", stage, "--merge-template", str(merge_file), str(outdir)],
         check=True, cwd=ROOT, env=env,
     )
+    prune_zip(outdir / "deployment.zip", _not_for_lambda)
+    minify_zip(outdir / "deployment.zip")
+    prune_zip(outdir / "layer-deployment.zip", _runtime_provided_dependency)
     return check_package(outdir, runtime)
+
+
+#: Local-only store backends: ``open_store`` refuses them inside Lambda before importing them.
+LOCAL_ONLY_MODULES = ("chalicelib/store/memory.py", "chalicelib/store/sqlite.py")
+#: Dependencies of layer packages that the Lambda runtime provides with boto3 (Powertools
+#: requires jmespath>=1.0.1,<2, the python3.12 runtime ships 1.0.1).  Chalice vendors them anyway.
+RUNTIME_PROVIDED_DEPENDENCIES = ("jmespath",)
+
+
+def _not_for_lambda(name: str) -> bool:
+    """Bytecode caches of the working tree and the local-only store backends."""
+    return "__pycache__/" in name or name.endswith(".pyc") or name in LOCAL_ONLY_MODULES
+
+
+def _runtime_provided_dependency(name: str) -> bool:
+    parts = name.split("/")
+    top = parts[4] if name.startswith("python/lib/") and len(parts) > 4 else parts[0]
+    return any(top == dep or top.startswith(dep + "-") for dep in RUNTIME_PROVIDED_DEPENDENCIES)
+
+
+def prune_zip(path: Path, drop: Any) -> list[str]:
+    """Rewrite ``path`` without the entries ``drop(name)`` selects; returns the dropped names."""
+    if not path.exists():
+        return []
+    with zipfile.ZipFile(path) as source:
+        dropped = [info.filename for info in source.infolist() if drop(info.filename)]
+        if not dropped:
+            return []
+        kept = [(info, source.read(info)) for info in source.infolist()
+                if not drop(info.filename)]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as target:
+        for info, data in kept:
+            target.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    return dropped
+
+
+def minify_zip(path: Path) -> None:
+    """Rewrite the app's own sources in ``path`` without docstrings and comments (line numbers
+    kept: deploy/minify.py); Chalice's runtime module and anything else stay as they are."""
+    from deploy.minify import strip_source
+
+    with zipfile.ZipFile(path) as source:
+        entries = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as target:
+        for info, data in entries:
+            if info.filename == "app.py" or (info.filename.startswith("chalicelib/")
+                                             and info.filename.endswith(".py")):
+                data = strip_source(data.decode("utf-8")).encode("utf-8")
+            target.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
 
 
 def check_package(outdir: Path, runtime: str) -> dict[str, Any]:

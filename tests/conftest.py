@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,19 @@ from tests.support.events import connect_event, disconnect_event, message_event,
 from tests.support.management_api import FakeManagementApi
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_observability() -> Iterator[None]:
+    """Each test starts with the app's logging as imported and an empty metrics tally: the
+    first invocation installs JSON logging and EMF metrics process-wide (app.py middleware)."""
+    yield
+    observability = sys.modules.get("chalicelib.observability")
+    if observability is not None:
+        observability.uninstall()
+    runtime = sys.modules.get("chalicelib.runtime")
+    if runtime is not None:
+        runtime.recorder().drain()
 
 
 @pytest.fixture

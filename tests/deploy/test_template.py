@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 
+from chalicelib import metrics
 from chalicelib.errors import ConfigError
 from chalicelib.settings import Settings
 from chalicelib.store.dynamodb import LAST_SEEN_INDEX, TTL_ATTRIBUTE, table_definition
-from deploy import policies
+from deploy import monitoring, policies
 from deploy.chalice_cli import ENV_FILE_VARIABLE, load_env_file, overlay_environment
 from deploy.package import (
     AUTH_PARAMETERS,
@@ -32,7 +33,8 @@ from deploy.package import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-MAX_DEPLOYMENT_ZIP = 200 * 1024
+#: Issue 14: "deployment.zip stays under 100 KB".
+MAX_DEPLOYMENT_ZIP = 100_000
 #: Actions that may use "Resource": "*".  Empty: nothing the app calls lacks resource-level
 #: permissions (X-Ray's PutTraceSegments would, if Tracing were Active; it is PassThrough).
 WILDCARD_ALLOWLIST: frozenset[str] = frozenset()
@@ -81,10 +83,10 @@ def _lint(path: Path) -> tuple[list[str], list[str]]:
 # ---------------------------------------------------------------------------------- lint, size
 
 
-def test_cfn_lint_packaged_template_has_no_errors(package: dict[str, Any]) -> None:
+def test_cfn_lint_packaged_template_has_no_errors_or_warnings(package: dict[str, Any]) -> None:
     errors, warnings = _lint(package["dir"] / "sam.json")
     assert errors == []
-    print("cfn-lint warnings:", warnings or "none")
+    assert warnings == []
 
 
 def test_cfn_lint_standalone_resources_template_has_no_errors() -> None:
@@ -98,6 +100,23 @@ def test_deployment_zip_is_small_and_runtime_safe(package: dict[str, Any]) -> No
     print(f"deployment.zip: {size / 1024:.1f} KiB; layer: "
           f"{report['sizes'].get('layer-deployment.zip', 0) / 1024:.1f} KiB")
     assert size < MAX_DEPLOYMENT_ZIP
+
+
+def test_package_ships_powertools_in_the_layer_and_nothing_local_only(
+    package: dict[str, Any],
+) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(package["dir"] / "deployment.zip") as app_zip:
+        names = app_zip.namelist()
+    assert "chalicelib/observability.py" in names and "chalicelib/store/dynamodb.py" in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert "chalicelib/store/sqlite.py" not in names and "chalicelib/store/memory.py" not in names
+    with zipfile.ZipFile(package["dir"] / "layer-deployment.zip") as layer:
+        tops = {n.split("/")[4] for n in layer.namelist() if n.count("/") > 4}
+    assert "aws_lambda_powertools" in tops and "typing_extensions.py" in {
+        n.split("/")[-1] for n in layer.namelist()}
+    assert not [t for t in tops if t.startswith("jmespath")]  # the runtime provides it
 
 
 def test_functions_run_on_a_supported_runtime(resources: dict[str, Any]) -> None:
@@ -512,3 +531,128 @@ def test_repo_config_holds_no_auth_settings() -> None:
     for layer in layers:
         env = layer.get("environment_variables", {})
         assert not [key for key in env if key.startswith("WS_AUTH_")], env
+
+
+# ---------------------------------------------------------------------------------- monitoring
+
+
+def _alarms(resources: dict[str, Any]) -> dict[str, Any]:
+    return _of_type(resources, "AWS::CloudWatch::Alarm")
+
+
+def _alarm_metrics(alarm: dict[str, Any]) -> list[dict[str, Any]]:
+    """The metrics an alarm reads: its own, or the inputs of its metric math."""
+    props = alarm["Properties"]
+    if "MetricName" in props:
+        return [props]
+    return [m["MetricStat"]["Metric"] for m in props["Metrics"] if "MetricStat" in m]
+
+
+def _find(resources: dict[str, Any], namespace: Any, name: str) -> dict[str, Any]:
+    found = [alarm for alarm in _alarms(resources).values()
+             if any(m["Namespace"] == namespace and m["MetricName"] == name
+                    for m in _alarm_metrics(alarm))]
+    assert found, f"no alarm on {namespace} {name}"
+    return found[0]
+
+
+def test_every_alarm_notifies_the_topic(resources: dict[str, Any]) -> None:
+    alarms = _alarms(resources)
+    # 2 DLQs, Errors and Throttles of 7 functions, Forbidden, the failure rate, 2 API errors,
+    # the table's throttling.
+    assert len(alarms) == 2 + 2 * len(policies.FUNCTIONS) + 1 + 1 + 2 + 1
+    for logical_id, alarm in alarms.items():
+        props = alarm["Properties"]
+        assert props["AlarmActions"] == [{"Ref": "AlarmTopic"}], logical_id
+        assert props["OKActions"] == [{"Ref": "AlarmTopic"}], logical_id
+        assert props["TreatMissingData"] == "notBreaching", logical_id
+        assert props["ComparisonOperator"] == "GreaterThanThreshold", logical_id
+    assert resources["AlarmTopic"]["Type"] == "AWS::SNS::Topic"
+
+
+def test_alarm_email_may_be_empty(package: dict[str, Any], resources: dict[str, Any]) -> None:
+    template = package["template"]
+    parameter = template["Parameters"]["AlarmEmail"]
+    assert parameter["Default"] == ""
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.fullmatch("") and pattern.fullmatch("ops@example.com")
+    assert not pattern.fullmatch("not an email")
+    subscription = resources["AlarmEmailSubscription"]
+    assert subscription["Type"] == "AWS::SNS::Subscription"
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["Endpoint"] == {"Ref": "AlarmEmail"}
+    assert template["Conditions"]["HasAlarmEmail"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}
+
+
+@pytest.mark.parametrize("dlq", ["WelcomeDeadLetterQueue", "FanOutDeadLetterQueue"])
+def test_each_dead_letter_queue_has_an_alarm(resources: dict[str, Any], dlq: str) -> None:
+    props = resources[f"{dlq}Alarm"]["Properties"]
+    assert props["Namespace"] == "AWS/SQS"
+    assert props["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert props["Dimensions"] == [{"Name": "QueueName",
+                                    "Value": {"Fn::GetAtt": [dlq, "QueueName"]}}]
+    assert props["Threshold"] == 0
+
+
+def test_errors_and_throttles_of_every_function_are_alarmed(resources: dict[str, Any]) -> None:
+    for logical_id, (name, _role) in policies.FUNCTIONS.items():
+        function = resources[logical_id]["Properties"]["FunctionName"]
+        for metric_name in ("Errors", "Throttles"):
+            props = resources[f"{logical_id}{metric_name}Alarm"]["Properties"]
+            assert (props["Namespace"], props["MetricName"]) == ("AWS/Lambda", metric_name)
+            assert props["Dimensions"] == [{"Name": "FunctionName", "Value": function}]
+            assert function == policies.function_name("prod", name)
+
+
+def test_custom_metric_alarms_use_the_app_names_and_dimensions(
+    package: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    namespace = {"Ref": "MetricsNamespace"}
+    assert package["template"]["Parameters"]["MetricsNamespace"]["Default"] == "WsRooms"
+    forbidden = _find(resources, namespace, metrics.FORBIDDEN)["Properties"]
+    assert forbidden["Threshold"] == 0
+    rate = _find(resources, namespace, metrics.DELIVERY_FAILURES)
+    names = {m["MetricName"] for m in _alarm_metrics(rate)}
+    assert names == {metrics.DELIVERY_FAILURES, metrics.DELIVERIES}
+    for alarm in (resources["ForbiddenAlarm"], rate):
+        for metric in _alarm_metrics(alarm):
+            assert metric["Dimensions"] == [{"Name": "service", "Value": "ws-rooms"},
+                                            {"Name": "stage", "Value": {"Ref": "Stage"}}]
+    for logical_id in policies.FUNCTIONS:
+        variables = resources[logical_id]["Properties"]["Environment"]["Variables"]
+        assert variables["METRICS_NAMESPACE"] == namespace
+        assert variables["STAGE"] == {"Ref": "Stage"}
+
+
+def test_websocket_api_and_table_throttling_are_alarmed(resources: dict[str, Any]) -> None:
+    for name in ("IntegrationError", "ExecutionError"):
+        props = _find(resources, "AWS/ApiGateway", name)["Properties"]
+        assert {"Name": "ApiId", "Value": {"Ref": "WebsocketAPI"}} in props["Dimensions"]
+    table = _find(resources, "AWS/DynamoDB", "WriteThrottleEvents")
+    read = {m["MetricName"] for m in _alarm_metrics(table)}
+    assert read == {"ReadThrottleEvents", "WriteThrottleEvents"}
+    assert all({"Name": "TableName", "Value": {"Fn::Sub": "${ConnectionsTable}"}}
+               in m["Dimensions"] for m in _alarm_metrics(table))
+
+
+def test_the_dashboard_shows_what_an_operator_needs(resources: dict[str, Any]) -> None:
+    dashboard = resources["Dashboard"]
+    assert dashboard["Type"] == "AWS::CloudWatch::Dashboard"
+    body = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    rows = [row for widget in body["widgets"] for row in widget["properties"]["metrics"]]
+    shown = {(row[0], row[1]) for row in rows}
+    ns = "${MetricsNamespace}"
+    for expected in [("AWS/ApiGateway", "ConnectCount"), (ns, "MessagesIn"), (ns, "Deliveries"),
+                     (ns, "Gone"), (ns, "Forbidden"), (ns, "Throttled"),
+                     ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+                     ("AWS/SQS", "ApproximateAgeOfOldestMessage")]:
+        assert expected in shown, expected
+    stats = {row[-1].get("stat") for row in rows if row[1] == "FanOutMs"}
+    assert stats == {"p50", "p99"}
+    errors = {row[3] for row in rows if row[:2] == ["AWS/Lambda", "Errors"]}
+    assert errors == {policies.function_name("prod", n) for n, _r in policies.FUNCTIONS.values()}
+    depth = {row[3] for row in rows if row[1] == "ApproximateNumberOfMessagesVisible"}
+    assert depth == {f"${{{queue}.QueueName}}" for queue in monitoring.QUEUES}
+    # Every custom metric on the dashboard is one the app emits.
+    assert {row[1] for row in rows if row[0] == ns} <= set(metrics.NAMES)
