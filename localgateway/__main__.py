@@ -1,32 +1,51 @@
-"""``python -m localgateway``: a Chalice project behind a local API Gateway (REST + WebSocket)."""
+"""``python -m localgateway``: a Chalice project behind a local API Gateway (REST + WebSocket).
+
+``python -m localgateway invoke FUNCTION [--event FILE]`` runs one function once and prints its
+result (like ``sam local invoke``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from chalice.local import ChaliceRequestHandler, HTTPServerThread, LocalDevServer
 
+from localgateway.containers import (
+    ContainerInitError,
+    ContainerInvoker,
+    FunctionSettings,
+    default_max_containers,
+)
 from localgateway.core import Chaos, Limits
 from localgateway.events import ApiInfo, EventFactory, RandomIdSource, SystemClock
-from localgateway.invoker import InProcessInvoker
+from localgateway.invoker import InProcessInvoker, InvocationError, Invoker
 from localgateway.project import Functions, Project, compute_environment, offline_aws_defaults
 from localgateway.redaction import RedactingFilter, redact
 from localgateway.redaction import install as install_redaction
 from localgateway.server import STATIC_DIR, GatewayServer, ServerSettings
 from localgateway.sqs import LocalQueues, SqsPoller
+from localgateway.worker import REST_FUNCTION
 
 LOG = logging.getLogger("localgateway")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class StartupError(Exception):
+    """The gateway cannot start; the message is the one line to print (exit status 1)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,11 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule-interval", type=float, default=0.0,
                    help="fire every @app.schedule handler every N seconds (0 = off)")
     p.add_argument("--max-workers", type=int, default=8,
-                   help="handler thread pool size (default: 8)")
+                   help="concurrent invocations in flight, all functions (default: 8)")
     p.add_argument("--queue-length", type=int, default=64,
                    help="per-connection inbox length (default: 64)")
     p.add_argument("--no-reload", action="store_true", help="do not reload on code changes")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument("--in-process", action="store_true",
+                   help="run every handler in the gateway process (debuggers, breakpoints) "
+                        "instead of one container per function")
+    p.add_argument("--max-containers", type=int, default=default_max_containers(),
+                   help="containers per function; more concurrent invocations queue "
+                        f"(default: {default_max_containers()})")
+    p.add_argument("--container-idle", type=float, default=300.0,
+                   help="stop containers idle this many seconds (default: 300)")
     return p
 
 
@@ -72,6 +99,33 @@ def display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
+def check_ports_free(host: str, ports: Sequence[tuple[int, str]]) -> None:
+    """Raise :class:`StartupError` naming the port and its flag when one is already in use."""
+    for port, flag in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                           socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise StartupError(
+                    f"error: port {port} ({flag}) is already in use on {host}: choose another "
+                    f"with {flag} PORT ({exc.strerror})"
+                ) from None
+
+
+def describe_import_error(exc: BaseException, project_dir: str) -> str:
+    """One short description of why the app failed to import: where (in the project) and what."""
+    if isinstance(exc, SyntaxError):
+        where = os.path.relpath(exc.filename or "?", project_dir)
+        return f"{where}:{exc.lineno}: SyntaxError: {exc.msg}"
+    where = ""
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename.startswith(project_dir + os.sep):
+            where = f"{os.path.relpath(frame.filename, project_dir)}:{frame.lineno}: "
+    return f"{where}{type(exc).__name__}: {exc}"
+
+
 class RedactingRequestHandler(ChaliceRequestHandler):
     """chalice's handler writes request lines (query strings included) straight to stderr."""
 
@@ -82,58 +136,208 @@ class RedactingRequestHandler(ChaliceRequestHandler):
         )
 
 
-def make_rest_server(project: Project, host: str, port: int) -> LocalDevServer:
-    """chalice.local's dev server, always dispatching to the current (possibly reloaded) app."""
+INTERNAL_SERVER_ERROR = {
+    "statusCode": 502,
+    "headers": {"Content-Type": "application/json"},
+    "multiValueHeaders": {},
+    "body": '{"message": "Internal server error"}',
+}
+
+
+class RestFunction:
+    """The app as chalice's ``LocalGateway`` sees it, with invocations going to the invoker.
+
+    Route matching, CORS and local authorizers read the gateway's copy of the app; the
+    ``api_handler`` function itself runs in its container. A failure answers 502
+    ``{"message": "Internal server error"}`` like API Gateway.
+    """
+
+    def __init__(self, project: Project, invoker: Invoker) -> None:
+        self._project = project
+        self._invoker = invoker
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._project.app, name)
+
+    def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        try:
+            response = self._invoker.invoke(REST_FUNCTION, event)
+        except InvocationError as exc:
+            LOG.error("REST %s failed: %s", event.get("path"), exc.details or exc)
+            return dict(INTERNAL_SERVER_ERROR)
+        response.setdefault("headers", {})
+        response.setdefault("multiValueHeaders", {})
+        return response
+
+
+def make_rest_server(project: Project, host: str, port: int,
+                     invoker: Invoker | None = None) -> LocalDevServer:
+    """chalice.local's dev server, dispatching to the current app (in-process when ``invoker``
+    is None, else to the ``api_handler`` container)."""
 
     def handler(*args: Any, **kwargs: Any) -> ChaliceRequestHandler:
-        kwargs["app_object"] = project.app
+        kwargs["app_object"] = project.app if invoker is None else RestFunction(project, invoker)
         kwargs["config"] = project.config
         return RedactingRequestHandler(*args, **kwargs)
 
     return LocalDevServer(project.app, project.config, host, port, handler_cls=handler)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def setup_logging(level: str) -> None:
     logging.basicConfig(
         stream=sys.stderr,
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(level).upper(), logging.INFO),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    # Tokens (?token=...) and credential headers never reach the gateway's log (nor the app's:
-    # it runs in this process, and the record factory covers every logger).
+    # Tokens (?token=...) and credential headers never reach the gateway's log.
     install_redaction()
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactingFilter())
     for noisy in ("aiohttp.access", "botocore", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+
+@dataclass
+class LocalGateway:
+    """Everything ``python -m localgateway`` runs; built by :func:`build_gateway`."""
+
+    args: argparse.Namespace
+    project: Project
+    server: GatewayServer
+    invoker: Invoker
+    environment: dict[str, str]
+    management_endpoint: str
+    domain: str
+    queues: LocalQueues | None = None
+    containers: ContainerInvoker | None = None
+    pollers: list[SqsPoller] = field(default_factory=list)
+    rest_thread: HTTPServerThread | None = None
+    reloader: Any = None
+    process_env: dict[str, str] = field(default_factory=dict)
+
+    def print_banner(self) -> None:
+        args, shown = self.args, display_host(self.args.host)
+        api_stage = self.project.api_gateway_stage
+        mode = "in-process" if self.containers is None else (
+            f"containers (up to {self.containers.max_containers} per function)")
+        print(f"Local gateway for {self.project.project_dir} (stage {args.stage})", flush=True)
+        print(f"  Functions run:   {mode}", flush=True)
+        print(f"  REST API:        http://{shown}:{args.port}/", flush=True)
+        print(f"  WebSocket:       ws://{self.domain}/{api_stage}", flush=True)
+        if os.path.exists(os.path.join(self.server.settings.static_dir, "index.html")):
+            print(f"  Demo page:       http://{self.domain}/  (open it in two tabs and chat)",
+                  flush=True)
+        print(f"  Management API:  {self.management_endpoint}  (WS_MANAGEMENT_ENDPOINT)",
+              flush=True)
+        print(f"  Connections:     {self.environment.get('CONNECTIONS_STORE')}", flush=True)
+        if self.queues is not None:
+            for name, url in self.queues.queue_urls.items():
+                print(f"  SQS queue:       {name} -> {url}", flush=True)
+        for name in self.project.functions().schedules:
+            print(f"  Schedule:        POST http://{self.domain}/_gateway/schedule/{name}",
+                  flush=True)
+        warning = exposure_warning(args.host)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
+
+    def run(self) -> int:
+        """Serve until SIGINT/SIGTERM; stops everything it started."""
+        self.print_banner()
+        self.rest_thread = HTTPServerThread(lambda: make_rest_server(
+            self.project, self.args.host, self.args.port,
+            None if self.containers is None else self.invoker))
+        self.rest_thread.start()
+        for poller in self.pollers:
+            poller.start()
+        if self.reloader is not None:
+            self.reloader.start()
+        try:
+            asyncio.run(serve(self.server, self.args.host, self.args.ws_port))
+        finally:
+            self.close()
+        return 0
+
+    def close(self) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
+        for poller in self.pollers:
+            poller.stop()
+        if self.rest_thread is not None:
+            self.rest_thread.shutdown()
+        if self.containers is not None:
+            self.containers.close()
+        if self.queues is not None:
+            self.queues.stop()
+
+    def on_change(self) -> None:
+        """Reload: re-import the app; containers switch once new ones import cleanly."""
+        LOG.info("change detected; reloading app")
+        old = Functions.of(self.project.app)
+        try:
+            self.project.reload()
+        except Exception as exc:
+            LOG.error("reload failed; the previous code keeps serving: %s",
+                      describe_import_error(exc, self.project.project_dir))
+            return
+        new = self.project.functions()
+        if new.sqs.keys() != old.sqs.keys():
+            LOG.warning("SQS queues changed; restart the gateway to provision them")
+        if self.containers is not None:
+            try:
+                self.containers.rollover(self.function_settings, new.websocket())
+            except ContainerInitError as exc:
+                LOG.error("reload failed; the previous containers keep serving: %s", exc)
+                return
+        LOG.info("reloaded app (open connections kept)")
+
+    def function_settings(self, name: str) -> FunctionSettings:
+        urls = self.queues.queue_urls if self.queues is not None else None
+        return self.project.function_settings(name, dict(os.environ), self.process_env, urls)
+
+
+def build_gateway(args: argparse.Namespace) -> LocalGateway:
+    """Load the project, provision queues and containers; nothing listens yet.
+
+    Raises :class:`StartupError` (one line to print) for a port in use, an app that does not
+    import, or a container that fails its cold start.
+    """
+    check_ports_free(args.host, [(args.port, "--port"), (args.ws_port, "--ws-port")])
+    if args.max_containers < 1:
+        raise StartupError("error: --max-containers must be at least 1")
     project_dir = os.path.abspath(args.project_dir)
     offline_aws_defaults(os.environ)
-    project = Project(project_dir, args.stage)
+    try:
+        project = Project(project_dir, args.stage)
+    except Exception as exc:
+        raise StartupError(f"error: cannot read the Chalice project in {project_dir}: "
+                           f"{exc}") from None
     api_stage = project.api_gateway_stage
-    shown = display_host(args.host)
-    domain = f"{shown}:{args.ws_port}"
+    domain = f"{display_host(args.host)}:{args.ws_port}"
     management_endpoint = f"http://{domain}/{api_stage}"
     process_env = dict(os.environ)
     os.makedirs(os.path.join(project_dir, ".local"), exist_ok=True)
 
-    env = compute_environment(
-        project.stage_environment, process_env, project_dir, management_endpoint
-    )
-    project.load(env, management_endpoint)
+    def load(local_urls: dict[str, str] | None = None) -> dict[str, str]:
+        env = compute_environment(
+            project.stage_environment, process_env, project_dir, management_endpoint, local_urls
+        )
+        try:
+            project.load(env, management_endpoint)
+        except Exception as exc:
+            raise StartupError("error: the app does not import: "
+                               + describe_import_error(exc, project_dir)) from None
+        return env
+
+    env = load()
     functions = project.functions()
     queues: LocalQueues | None = None
     if functions.sqs:
         queues = LocalQueues(functions.sqs)
         local_urls = queues.start()
         os.environ["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
-        env = compute_environment(
-            project.stage_environment, process_env, project_dir, management_endpoint, local_urls
-        )
-        env["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
         # Import again so module-level clients and settings see the local queues.
-        project.load(env, management_endpoint)
+        env = load(local_urls)
+        env["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
         functions = project.functions()
 
     clock = SystemClock()
@@ -145,96 +349,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         rng=random.Random(args.seed),
     )
     limits = Limits(idle_timeout=args.idle_timeout, hard_timeout=args.hard_timeout)
-    invoker = InProcessInvoker(lambda: project.app)
+    containers: ContainerInvoker | None = None
+    invoker: Invoker
+    holder: dict[str, LocalGateway] = {}
+    if args.in_process:
+        invoker = InProcessInvoker(lambda: project.app)
+    else:
+        containers = ContainerInvoker(
+            project_dir,
+            lambda name: holder["gateway"].function_settings(name),
+            lambda: project.functions().all_names(),
+            max_containers=args.max_containers,
+            idle_seconds=args.container_idle,
+            log_level=args.log_level,
+        )
+        invoker = containers
     events = EventFactory(ApiInfo("localgw001", api_stage, domain), clock, ids)
     server = GatewayServer(
-        invoker,
-        project.functions,
-        events,
-        limits,
-        chaos,
-        clock,
-        ids,
-        ServerSettings(
-            stage=api_stage,
-            max_workers=args.max_workers,
-            queue_length=args.queue_length,
-            schedule_interval=args.schedule_interval,
-        ),
+        invoker, project.functions, events, limits, chaos, clock, ids,
+        ServerSettings(stage=api_stage, max_workers=args.max_workers,
+                       queue_length=args.queue_length, schedule_interval=args.schedule_interval,
+                       static_dir=STATIC_DIR),
     )
-
-    pollers: list[SqsPoller] = []
-    if queues is not None:
-        for queue_name, names in functions.sqs.items():
-            for name in names:
-                pollers.append(
-                    SqsPoller(
-                        queues.client,
-                        queue_name,
-                        queues.queue_urls[queue_name],
-                        name,
-                        invoker,
-                        batch_size=functions.sqs_batch_size.get(name, 1),
-                    )
-                )
-
-    rest_thread = HTTPServerThread(lambda: make_rest_server(project, args.host, args.port))
-
-    reloader = None
-    if not args.no_reload:
-        from localgateway.reload import Reloader
-
-        def on_change() -> None:
-            LOG.info("change detected; reloading app")
-            old = Functions.of(project.app)
-            project.reload()
-            new = project.functions()
-            if new.sqs.keys() != old.sqs.keys():
-                LOG.warning("SQS queues changed; restart the gateway to provision them")
-            LOG.info("reloaded app (open connections kept)")
-
-        reloader = Reloader(project_dir, on_change)
-
-    print(f"Local gateway for {project_dir} (stage {args.stage})", flush=True)
-    print(f"  REST API:        http://{shown}:{args.port}/", flush=True)
-    print(f"  WebSocket:       ws://{domain}/{api_stage}", flush=True)
-    if os.path.exists(os.path.join(STATIC_DIR, "index.html")):
-        print(f"  Demo page:       http://{domain}/  (open it in two tabs and chat)", flush=True)
-    print(f"  Management API:  {management_endpoint}  (WS_MANAGEMENT_ENDPOINT)", flush=True)
-    print(f"  Connections:     {env['CONNECTIONS_STORE']}", flush=True)
-    if queues is not None:
-        for name, url in queues.queue_urls.items():
-            print(f"  SQS queue:       {name} -> {url}", flush=True)
-    for name in functions.schedules:
-        print(f"  Schedule:        POST http://{domain}/_gateway/schedule/{name}", flush=True)
-    warning = exposure_warning(args.host)
-    if warning is not None:
-        print(warning, file=sys.stderr, flush=True)
-
-    rest_thread.start()
-    for poller in pollers:
-        poller.start()
-    if reloader is not None:
-        reloader.start()
+    gateway = LocalGateway(args, project, server, invoker, env, management_endpoint, domain,
+                           queues, containers, process_env=process_env)
+    holder["gateway"] = gateway
     try:
-        asyncio.run(serve(server, args.host, args.ws_port))
-    finally:
-        if reloader is not None:
-            reloader.stop()
-        for poller in pollers:
-            poller.stop()
-        rest_thread.shutdown()
         if queues is not None:
-            queues.stop()
-    return 0
+            for queue_name, names in functions.sqs.items():
+                for name in names:
+                    gateway.pollers.append(SqsPoller(
+                        queues.client, queue_name, queues.queue_urls[queue_name], name, invoker,
+                        batch_size=functions.sqs_batch_size.get(name, 1),
+                    ))
+        if containers is not None:
+            # Fail fast: an import or configuration error shows now, not as 502s on connect.
+            try:
+                containers.start(functions.websocket())
+            except ContainerInitError as exc:
+                raise StartupError(
+                    f"error: a container of {exc.function} failed to start: {exc.details} "
+                    "(its log is above)"
+                ) from None
+        if not args.no_reload:
+            from localgateway.reload import Reloader
+
+            gateway.reloader = Reloader(project_dir, gateway.on_change)
+    except BaseException:
+        gateway.close()
+        raise
+    return gateway
 
 
-async def serve(server: GatewayServer, host: str, port: int) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["invoke"]:
+        from localgateway.invoke import main as invoke_main
+
+        return invoke_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        gateway = build_gateway(args)
+    except StartupError as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return 1
+    return gateway.run()
+
+
+async def serve(server: GatewayServer, host: str, port: int,
+                on_ready: Callable[[], None] | None = None) -> None:
     runner = web.AppRunner(server.make_app(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"error: port {port} (--ws-port) is already in use on {host} ({exc.strerror})",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     print("Gateway ready (Ctrl-C to stop)", flush=True)
+    if on_ready is not None:
+        on_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -244,7 +441,8 @@ async def serve(server: GatewayServer, host: str, port: int) -> None:
         await stop.wait()
     finally:
         LOG.info("shutting down")
-        await runner.cleanup()
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
 
 
 if __name__ == "__main__":

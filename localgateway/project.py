@@ -15,6 +15,9 @@ from chalice.cli.factory import CLIFactory
 from chalice.config import Config
 from chalice.local import LocalChalice
 
+from localgateway.containers import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS, FunctionSettings
+from localgateway.worker import REST_FUNCTION
+
 LOG = logging.getLogger("localgateway")
 
 QUEUE_URL_SUFFIX = "_QUEUE_URL"
@@ -115,6 +118,23 @@ class Functions:
     sqs: dict[str, list[str]]  # queue name -> handler names
     sqs_batch_size: dict[str, int]
     schedules: list[str]
+    #: Whether the app has REST routes (Chalice deploys them all as one ``api_handler``).
+    rest: bool = False
+    #: Other handlers (``@app.lambda_function``, S3/SNS/... event sources), by name.
+    others: tuple[str, ...] = ()
+
+    def websocket(self) -> list[str]:
+        """The WebSocket functions (``$connect``, ``$default``, ``$disconnect``) present."""
+        return [n for n in (self.connect, self.message, self.disconnect) if n]
+
+    def all_names(self) -> list[str]:
+        """Every Lambda function of the app, ``api_handler`` included when it has routes."""
+        names = [*self.websocket(), *(n for ns in self.sqs.values() for n in ns),
+                 *self.schedules]
+        names.extend(self.others)
+        if self.rest:
+            names.append(REST_FUNCTION)
+        return list(dict.fromkeys(names))
 
     @classmethod
     def of(cls, app: Chalice) -> Functions:
@@ -141,6 +161,12 @@ class Functions:
             sqs=sqs,
             sqs_batch_size=batch,
             schedules=schedules,
+            rest=bool(app.routes),
+            others=tuple(
+                n for n in app.handler_map
+                if n not in {name("$connect"), name("$default"), name("$disconnect"),
+                             *batch, *schedules}
+            ),
         )
 
 
@@ -215,3 +241,37 @@ class Project:
 
     def functions(self) -> Functions:
         return Functions.of(self.app)
+
+    def function_settings(
+        self,
+        name: str,
+        base_environment: Mapping[str, str],
+        process_env: Mapping[str, str],
+        local_queue_urls: Mapping[str, str] | None = None,
+    ) -> FunctionSettings:
+        """Timeout, memory and environment of the Lambda function ``name``, scoped the Chalice
+        way: top level, then the stage, then the stage's ``lambda_functions.NAME``.
+
+        The environment is ``base_environment`` (the gateway's own, stage variables applied)
+        with the function's ``environment_variables`` and the local overrides of
+        :func:`compute_environment` on top.
+        """
+        scoped = self.config.scope(self.stage, name)
+        timeout = scoped.lambda_timeout
+        memory = scoped.lambda_memory_size
+        local = compute_environment(
+            dict(scoped.environment_variables),
+            process_env,
+            self.project_dir,
+            self.management_endpoint,
+            local_queue_urls,
+        )
+        for key, value in self.environment.items():
+            if key not in scoped.environment_variables:
+                local.setdefault(key, value)
+        return FunctionSettings(
+            name=name,
+            timeout_seconds=float(timeout) if timeout else DEFAULT_TIMEOUT_SECONDS,
+            memory_mb=int(memory) if memory else DEFAULT_MEMORY_MB,
+            environment={**base_environment, **local},
+        )
