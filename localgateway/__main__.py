@@ -116,6 +116,9 @@ def check_ports_free(host: str, ports: Sequence[tuple[int, str]]) -> None:
 
 def describe_import_error(exc: BaseException, project_dir: str) -> str:
     """One short description of why the app failed to import: where (in the project) and what."""
+    cause = exc.__cause__ or exc.__context__
+    if not isinstance(exc, SyntaxError) and isinstance(cause, SyntaxError):
+        exc = cause  # chalice re-raises a SyntaxError of app.py as a RuntimeError
     if isinstance(exc, SyntaxError):
         where = os.path.relpath(exc.filename or "?", project_dir)
         return f"{where}:{exc.lineno}: SyntaxError: {exc.msg}"
@@ -273,8 +276,14 @@ class LocalGateway:
         """Reload: re-import the app; containers switch once new ones import cleanly."""
         LOG.info("change detected; reloading app")
         old = Functions.of(self.project.app)
+        # In-process, handlers must not run while the app's modules are swapped.
+        exclusive: contextlib.AbstractContextManager[None] = (
+            self.invoker.reload_lock.writing() if isinstance(self.invoker, InProcessInvoker)
+            else contextlib.nullcontext()
+        )
         try:
-            self.project.reload()
+            with exclusive:
+                self.project.reload()
         except Exception as exc:
             LOG.error("reload failed; the previous code keeps serving: %s",
                       describe_import_error(exc, self.project.project_dir))

@@ -198,25 +198,37 @@ class Project:
                 raise RuntimeError("app not loaded")
             return self._app
 
-    def _purge_modules(self) -> None:
-        """Forget the app's own modules so the next import re-reads them.
+    def _purge_modules(self) -> dict[str, Any]:
+        """Forget the app's own modules so the next import re-reads them; returns them.
 
         Only modules of the project itself: never the gateway, nor anything installed (a
         virtualenv inside the project directory is common).
         """
+        purged: dict[str, Any] = {}
         for name, module in list(sys.modules.items()):
             path = getattr(module, "__file__", None) or ""
             if name == "app" or (path and is_project_module(os.path.abspath(path),
                                                             self.project_dir)):
-                del sys.modules[name]
+                purged[name] = sys.modules.pop(name)
+        return purged
 
     def load(self, environment: Mapping[str, str], management_endpoint: str) -> Chalice:
-        """(Re)import ``app.py`` with ``environment`` applied to ``os.environ`` first."""
+        """(Re)import ``app.py`` with ``environment`` applied to ``os.environ`` first.
+
+        Raises whatever the import raises; the previous app and its modules are then restored,
+        so its handlers' lazy imports keep working.
+        """
         self.environment = dict(environment)
         self.management_endpoint = management_endpoint
         os.environ.update(self.environment)
-        self._purge_modules()
-        app = _localize(self.factory.load_chalice_app(environment_variables=self.environment))
+        purged = self._purge_modules()
+        try:
+            loaded = self.factory.load_chalice_app(environment_variables=self.environment)
+        except BaseException:
+            self._purge_modules()
+            sys.modules.update(purged)
+            raise
+        app = _localize(loaded)
         # Chalice's own app.websocket_api would otherwise build an execute-api URL from apiId.
         ws_api = getattr(app, "websocket_api", None)
         if ws_api is not None and management_endpoint:
