@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -163,6 +164,14 @@ class RestFunction:
         return getattr(self._project.app, name)
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        body = event.get("body")
+        if isinstance(body, bytes):
+            # chalice.local leaves text bodies as bytes; API Gateway sends a string.
+            try:
+                event = {**event, "body": body.decode("utf-8")}
+            except UnicodeDecodeError:
+                event = {**event, "body": base64.b64encode(body).decode("ascii"),
+                         "isBase64Encoded": True}
         try:
             response = self._invoker.invoke(REST_FUNCTION, event)
         except InvocationError as exc:

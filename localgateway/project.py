@@ -222,6 +222,9 @@ class Project:
         self.management_endpoint = management_endpoint
         os.environ.update(self.environment)
         purged = self._purge_modules()
+        # The project's app.py, never one in the current directory (python -m puts it first).
+        if not sys.path or sys.path[0] != self.project_dir:
+            sys.path.insert(0, self.project_dir)
         try:
             loaded = self.factory.load_chalice_app(environment_variables=self.environment)
         except BaseException:

@@ -109,6 +109,16 @@ def test_limits_and_environment_are_scoped_per_function(model: Gateway) -> None:
     assert rest["stage_var"] == "stage" and rest["function_var"] is None
 
 
+def test_rest_routes_run_in_their_own_container(model: Gateway) -> None:
+    request = urllib.request.Request(model.rest_url + "/echo", data=b'{"a": [1, "\\u00e9"]}',
+                                     headers={"Content-Type": "application/json"},
+                                     method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer = json.loads(response.read())
+    assert answer["json"] == {"a": [1, "\u00e9"]}
+    assert answer["pid"] != model.process.pid
+
+
 def test_report_line_after_every_invocation(model: Gateway) -> None:
     async def scenario() -> None:
         async with connect(model.ws_url) as ws:
