@@ -38,7 +38,7 @@ from localgateway.project import Functions, Project, compute_environment, offlin
 from localgateway.redaction import RedactingFilter, redact
 from localgateway.redaction import install as install_redaction
 from localgateway.server import STATIC_DIR, GatewayServer, ServerSettings
-from localgateway.sqs import LocalQueues, SqsPoller
+from localgateway.sqs import LocalQueues, QueueSettings, SqsPoller, dlq_name
 from localgateway.worker import REST_FUNCTION
 
 LOG = logging.getLogger("localgateway")
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {default_max_containers()})")
     p.add_argument("--container-idle", type=float, default=300.0,
                    help="stop containers idle this many seconds (default: 300)")
+    p.add_argument("--sqs-visibility-timeout", type=int, default=30,
+                   help="VisibilityTimeout of the local queues, seconds (default: 30)")
+    p.add_argument("--sqs-max-receive", type=int, default=0,
+                   help="give each queue a dead-letter queue NAME-dlq with this "
+                        "maxReceiveCount (default: 0 = none)")
     return p
 
 
@@ -245,6 +250,9 @@ class LocalGateway:
         if self.queues is not None:
             for name, url in self.queues.queue_urls.items():
                 print(f"  SQS queue:       {name} -> {url}", flush=True)
+            for name, url in self.queues.dlq_urls.items():
+                print(f"  Dead letters:    {dlq_name(name)} -> {url}  (after "
+                      f"{self.queues.settings.max_receive_count} receives of {name})", flush=True)
         for name in self.project.functions().schedules:
             print(f"  Schedule:        POST http://{self.domain}/_gateway/schedule/{name}",
                   flush=True)
@@ -313,6 +321,23 @@ class LocalGateway:
         return self.project.function_settings(name, dict(os.environ), self.process_env, urls)
 
 
+def start_queues(args: argparse.Namespace, functions: Functions, project_dir: str
+                 ) -> LocalQueues:
+    """The local SQS endpoint with the app's queues; raises :class:`StartupError`."""
+    try:
+        settings = QueueSettings(args.sqs_visibility_timeout, args.sqs_max_receive)
+    except ValueError as exc:
+        raise StartupError(f"error: {exc}") from None
+    queues = LocalQueues(functions.sqs, settings=settings,
+                         log_path=os.path.join(project_dir, ".local", "sqs.log"))
+    try:
+        queues.start()
+    except Exception as exc:
+        queues.stop()
+        raise StartupError(f"error: the local SQS endpoint did not start: {exc}") from None
+    return queues
+
+
 def build_gateway(args: argparse.Namespace) -> LocalGateway:
     """Load the project, provision queues and containers; nothing listens yet.
 
@@ -348,51 +373,48 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
 
     env = load()
     functions = project.functions()
-    queues: LocalQueues | None = None
-    if functions.sqs:
-        queues = LocalQueues(functions.sqs)
-        local_urls = queues.start()
-        os.environ["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
-        # Import again so module-level clients and settings see the local queues.
-        env = load(local_urls)
-        env["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
-        functions = project.functions()
-
-    clock = SystemClock()
-    ids = RandomIdSource()
-    chaos = Chaos(
-        latency_ms=args.latency_ms,
-        throttle_rate=args.throttle_rate,
-        drop_disconnect_rate=args.drop_disconnect_rate,
-        rng=random.Random(args.seed),
-    )
-    limits = Limits(idle_timeout=args.idle_timeout, hard_timeout=args.hard_timeout)
+    queues = start_queues(args, functions, project_dir) if functions.sqs else None
     containers: ContainerInvoker | None = None
-    invoker: Invoker
-    holder: dict[str, LocalGateway] = {}
-    if args.in_process:
-        invoker = InProcessInvoker(lambda: project.app)
-    else:
-        containers = ContainerInvoker(
-            project_dir,
-            lambda name: holder["gateway"].function_settings(name),
-            lambda: project.functions().all_names(),
-            max_containers=args.max_containers,
-            idle_seconds=args.container_idle,
-            log_level=args.log_level,
-        )
-        invoker = containers
-    events = EventFactory(ApiInfo("localgw001", api_stage, domain), clock, ids)
-    server = GatewayServer(
-        invoker, project.functions, events, limits, chaos, clock, ids,
-        ServerSettings(stage=api_stage, max_workers=args.max_workers,
-                       queue_length=args.queue_length, schedule_interval=args.schedule_interval,
-                       static_dir=STATIC_DIR),
-    )
-    gateway = LocalGateway(args, project, server, invoker, env, management_endpoint, domain,
-                           queues, containers, process_env=process_env)
-    holder["gateway"] = gateway
     try:
+        if queues is not None:
+            os.environ["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
+            # Import again so module-level clients and settings see the local queues.
+            env = load(queues.queue_urls)
+            env["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
+            functions = project.functions()
+        chaos = Chaos(
+            latency_ms=args.latency_ms,
+            throttle_rate=args.throttle_rate,
+            drop_disconnect_rate=args.drop_disconnect_rate,
+            rng=random.Random(args.seed),
+        )
+        limits = Limits(idle_timeout=args.idle_timeout, hard_timeout=args.hard_timeout)
+        invoker: Invoker
+        holder: dict[str, LocalGateway] = {}
+        if args.in_process:
+            invoker = InProcessInvoker(lambda: project.app)
+        else:
+            containers = ContainerInvoker(
+                project_dir,
+                lambda name: holder["gateway"].function_settings(name),
+                lambda: project.functions().all_names(),
+                max_containers=args.max_containers,
+                idle_seconds=args.container_idle,
+                log_level=args.log_level,
+            )
+            invoker = containers
+        clock, ids = SystemClock(), RandomIdSource()
+        server = GatewayServer(
+            invoker, project.functions,
+            EventFactory(ApiInfo("localgw001", api_stage, domain), clock, ids),
+            limits, chaos, clock, ids,
+            ServerSettings(stage=api_stage, max_workers=args.max_workers,
+                           queue_length=args.queue_length,
+                           schedule_interval=args.schedule_interval, static_dir=STATIC_DIR),
+        )
+        gateway = LocalGateway(args, project, server, invoker, env, management_endpoint, domain,
+                               queues, containers, process_env=process_env)
+        holder["gateway"] = gateway
         if queues is not None:
             for queue_name, names in functions.sqs.items():
                 for name in names:
@@ -414,7 +436,10 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
 
             gateway.reloader = Reloader(project_dir, gateway.on_change)
     except BaseException:
-        gateway.close()
+        if containers is not None:
+            containers.close()
+        if queues is not None:
+            queues.stop()
         raise
     return gateway
 
