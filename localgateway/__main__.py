@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -34,10 +35,16 @@ from localgateway.containers import (
 from localgateway.core import Chaos, Limits
 from localgateway.events import ApiInfo, EventFactory, RandomIdSource, SystemClock
 from localgateway.invoker import InProcessInvoker, InvocationError, Invoker
-from localgateway.project import Functions, Project, compute_environment, offline_aws_defaults
-from localgateway.redaction import RedactingFilter, redact
-from localgateway.redaction import install as install_redaction
-from localgateway.server import STATIC_DIR, GatewayServer, ServerSettings
+from localgateway.project import (
+    MANAGEMENT_ENDPOINT_VARIABLE,
+    EnvFileError,
+    Functions,
+    LocalEnvironment,
+    Project,
+    offline_aws_defaults,
+    read_env_files,
+)
+from localgateway.server import GatewayServer, ServerSettings
 from localgateway.sqs import LocalQueues, QueueSettings, SqsPoller, dlq_name
 from localgateway.worker import REST_FUNCTION
 
@@ -81,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {default_max_containers()})")
     p.add_argument("--container-idle", type=float, default=300.0,
                    help="stop containers idle this many seconds (default: 300)")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="NAME=VALUE lines applied over the stage's environment_variables "
+                        "(repeatable; relative to the project directory)")
+    p.add_argument("--static", default=None, metavar="DIR",
+                   help="serve DIR/index.html at / and DIR/FILE at /static/FILE "
+                        "(relative to the project directory; default: nothing)")
     p.add_argument("--sqs-visibility-timeout", type=int, default=30,
                    help="VisibilityTimeout of the local queues, seconds (default: 30)")
     p.add_argument("--sqs-max-receive", type=int, default=0,
@@ -135,14 +148,24 @@ def describe_import_error(exc: BaseException, project_dir: str) -> str:
     return f"{where}{type(exc).__name__}: {exc}"
 
 
-class RedactingRequestHandler(ChaliceRequestHandler):
-    """chalice's handler writes request lines (query strings included) straight to stderr."""
+def without_query_values(request_line: str) -> str:
+    """A request line with every query-string value replaced by ``...``: the gateway never logs
+    them (tokens travel there), whatever the app is."""
+
+    def hide(match: re.Match[str]) -> str:
+        query = "&".join(part.split("=", 1)[0] + ("=..." if "=" in part else "")
+                         for part in match.group(2).split("&"))
+        return f"{match.group(1)}?{query}"
+
+    return re.sub(r"(\S*?)\?(\S*)", hide, request_line)
+
+
+class QuietRequestHandler(ChaliceRequestHandler):
+    """chalice's handler writes request lines straight to stderr, query strings included."""
 
     def log_message(self, format: str, *args: Any) -> None:
-        line = format % args
-        sys.stderr.write(
-            redact(f"{self.address_string()} - - [{self.log_date_time_string()}] {line}\n")
-        )
+        line = without_query_values(format % args)
+        sys.stderr.write(f"{self.address_string()} - - [{self.log_date_time_string()}] {line}\n")
 
 
 INTERNAL_SERVER_ERROR = {
@@ -195,7 +218,7 @@ def make_rest_server(project: Project, host: str, port: int,
     def handler(*args: Any, **kwargs: Any) -> ChaliceRequestHandler:
         kwargs["app_object"] = project.app if invoker is None else RestFunction(project, invoker)
         kwargs["config"] = project.config
-        return RedactingRequestHandler(*args, **kwargs)
+        return QuietRequestHandler(*args, **kwargs)
 
     return LocalDevServer(project.app, project.config, host, port, handler_cls=handler)
 
@@ -206,10 +229,6 @@ def setup_logging(level: str) -> None:
         level=getattr(logging, str(level).upper(), logging.INFO),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    # Tokens (?token=...) and credential headers never reach the gateway's log.
-    install_redaction()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactingFilter())
     for noisy in ("aiohttp.access", "botocore", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -241,12 +260,12 @@ class LocalGateway:
         print(f"  Functions run:   {mode}", flush=True)
         print(f"  REST API:        http://{shown}:{args.port}/", flush=True)
         print(f"  WebSocket:       ws://{self.domain}/{api_stage}", flush=True)
-        if os.path.exists(os.path.join(self.server.settings.static_dir, "index.html")):
+        static = self.server.settings.static_dir
+        if static and os.path.exists(os.path.join(static, "index.html")):
             print(f"  Demo page:       http://{self.domain}/  (open it in two tabs and chat)",
                   flush=True)
         print(f"  Management API:  {self.management_endpoint}  (WS_MANAGEMENT_ENDPOINT)",
               flush=True)
-        print(f"  Connections:     {self.environment.get('CONNECTIONS_STORE')}", flush=True)
         if self.queues is not None:
             for name, url in self.queues.queue_urls.items():
                 print(f"  SQS queue:       {name} -> {url}", flush=True)
@@ -317,8 +336,7 @@ class LocalGateway:
         LOG.info("reloaded app (open connections kept)")
 
     def function_settings(self, name: str) -> FunctionSettings:
-        urls = self.queues.queue_urls if self.queues is not None else None
-        return self.project.function_settings(name, dict(os.environ), self.process_env, urls)
+        return self.project.function_settings(name)
 
 
 def start_queues(args: argparse.Namespace, functions: Functions, project_dir: str
@@ -359,17 +377,27 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
     management_endpoint = f"http://{domain}/{api_stage}"
     process_env = dict(os.environ)
     os.makedirs(os.path.join(project_dir, ".local"), exist_ok=True)
+    try:
+        env_file = read_env_files(args.env_file, project_dir)
+    except EnvFileError as exc:
+        raise StartupError(f"error: --env-file {exc}") from None
+    static_dir = None
+    if args.static:
+        static_dir = os.path.abspath(os.path.join(project_dir, args.static))
+        if not os.path.isdir(static_dir):
+            raise StartupError(f"error: --static {args.static}: no such directory "
+                               f"({static_dir})")
+    provided = {MANAGEMENT_ENDPOINT_VARIABLE: management_endpoint,
+                "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": management_endpoint}
 
     def load(local_urls: dict[str, str] | None = None) -> dict[str, str]:
-        env = compute_environment(
-            project.stage_environment, process_env, project_dir, management_endpoint, local_urls
-        )
+        local_environment = LocalEnvironment(process_env, provided, env_file, local_urls or {})
         try:
-            project.load(env, management_endpoint)
+            project.load(local_environment)
         except Exception as exc:
             raise StartupError("error: the app does not import: "
                                + describe_import_error(exc, project_dir)) from None
-        return env
+        return project.environment
 
     env = load()
     functions = project.functions()
@@ -377,10 +405,9 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
     containers: ContainerInvoker | None = None
     try:
         if queues is not None:
-            os.environ["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
+            provided["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
             # Import again so module-level clients and settings see the local queues.
             env = load(queues.queue_urls)
-            env["AWS_ENDPOINT_URL_SQS"] = queues.endpoint_url
             functions = project.functions()
         chaos = Chaos(
             latency_ms=args.latency_ms,
@@ -410,7 +437,7 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
             limits, chaos, clock, ids,
             ServerSettings(stage=api_stage, max_workers=args.max_workers,
                            queue_length=args.queue_length,
-                           schedule_interval=args.schedule_interval, static_dir=STATIC_DIR),
+                           schedule_interval=args.schedule_interval, static_dir=static_dir),
         )
         gateway = LocalGateway(args, project, server, invoker, env, management_endpoint, domain,
                                queues, containers, process_env=process_env)

@@ -32,7 +32,15 @@ from localgateway.events import (
     sqs_record,
 )
 from localgateway.invoker import InProcessInvoker, InvocationError, Invoker, UnknownFunctionError
-from localgateway.project import Functions, Project, compute_environment, offline_aws_defaults
+from localgateway.project import (
+    MANAGEMENT_ENDPOINT_VARIABLE,
+    EnvFileError,
+    Functions,
+    LocalEnvironment,
+    Project,
+    offline_aws_defaults,
+    read_env_files,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="dev", help="Chalice stage (default: dev)")
     p.add_argument("--ws-port", type=int, default=8001,
                    help="port of a running gateway, for WS_MANAGEMENT_ENDPOINT (default: 8001)")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="NAME=VALUE lines over the stage's environment_variables (repeatable)")
     p.add_argument("--in-process", action="store_true", help="run the handler in this process")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -95,9 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     domain = f"127.0.0.1:{args.ws_port}"
     endpoint = f"http://{domain}/{stage}"
     process_env = dict(os.environ)
-    env = compute_environment(project.stage_environment, process_env, project_dir, endpoint)
     try:
-        project.load(env, endpoint)
+        env_file = read_env_files(args.env_file, project_dir)
+    except EnvFileError as exc:
+        print(f"error: --env-file {exc}", file=sys.stderr)
+        return 2
+    provided = {MANAGEMENT_ENDPOINT_VARIABLE: endpoint,
+                "AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI": endpoint}
+    try:
+        project.load(LocalEnvironment(process_env, provided, env_file))
     except Exception as exc:
         print(f"error: the app does not import: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
@@ -120,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         containers = ContainerInvoker(
             project_dir,
-            lambda name: project.function_settings(name, dict(os.environ), process_env),
+            project.function_settings,
             functions.all_names,
             max_containers=1,
             idle_seconds=0,

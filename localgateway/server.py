@@ -6,7 +6,7 @@ One aiohttp application on the WebSocket port serves:
 * ``POST|GET|DELETE /{stage}/@connections/{id}`` (also ``%40connections``) - management API;
 * ``POST /_gateway/schedule/{function}`` - run an ``@app.schedule`` handler now;
 * ``GET /_gateway/health`` - readiness probe;
-* ``GET /`` and ``GET /static/{file}`` - files from ``localgateway/static/`` if present.
+* ``GET /`` and ``GET /static/{file}`` - files of the ``--static`` directory, if given.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ from localgateway.project import Functions
 
 LOG = logging.getLogger("localgateway")
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "application/javascript; charset=utf-8",
@@ -72,7 +71,8 @@ class ServerSettings:
     max_workers: int = 8
     queue_length: int = 64
     schedule_interval: float = 0.0
-    static_dir: str = STATIC_DIR
+    #: ``--static DIR``: served at ``/`` (``index.html``) and ``/static/FILE``; None = 404.
+    static_dir: str | None = None
 
 
 @dataclass
@@ -426,6 +426,8 @@ class GatewayServer:
         return self._file(request.match_info["name"])
 
     def _file(self, name: str) -> web.StreamResponse:
+        if self.settings.static_dir is None:
+            return web.Response(status=404, text=f"404: {name} not found (no --static DIR)\n")
         root = os.path.realpath(self.settings.static_dir)
         path = os.path.realpath(os.path.join(root, name))
         if not path.startswith(root + os.sep) or not os.path.isfile(path):

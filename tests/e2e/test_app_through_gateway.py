@@ -33,7 +33,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     """The app on the `test` stage: no welcome queue, so the welcome comes with a first reply."""
-    with running_gateway(str(ROOT), extra_args=["--stage", "test"], env=_env(tmp_path)) as gw:
+    with running_gateway(str(ROOT), extra_args=["--stage", "test", "--static", "web"],
+                         env=_env(tmp_path)) as gw:
         yield gw
 
 

@@ -33,9 +33,11 @@ from localgateway.events import (
 )
 from localgateway.invoker import InProcessInvoker, InvocationError, UnknownFunctionError
 from localgateway.project import (
+    EnvFileError,
     Functions,
     compute_environment,
     is_project_module,
+    parse_env_file,
     queue_name_of,
 )
 
@@ -279,19 +281,35 @@ def test_connect_status() -> None:
 # ----- project / invoker ------------------------------------------------------------------------
 
 
-def test_compute_environment_overrides() -> None:
+def test_compute_environment_precedence() -> None:
     stage = {"A_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/welcome",
              "B_QUEUE_URL": "welcome", "C_QUEUE_URL": "other", "D": "welcome",
-             "CONNECTIONS_STORE": "dynamodb://table"}
+             "STORE": "dynamodb://table", "LEVEL": "INFO", "FILE_ONLY": "stage"}
     local = {"welcome": "http://127.0.0.1:5/123456789012/welcome"}
-    env = compute_environment(stage, {}, "/proj", "http://127.0.0.1:8001/api", local)
+    provided = {"WS_MANAGEMENT_ENDPOINT": "http://127.0.0.1:8001/api"}
+    env_file = {"STORE": "sqlite:///x.db", "FILE_ONLY": "file"}
+    env = compute_environment(stage, {"LEVEL": "DEBUG", "UNRELATED": "u"}, provided, env_file,
+                              local)
     assert env["A_QUEUE_URL"] == env["B_QUEUE_URL"] == local["welcome"]
     assert env["C_QUEUE_URL"] == "other" and env["D"] == "welcome"
-    assert env["CONNECTIONS_STORE"] == "sqlite:////proj/.local/connections.db"
+    assert env["STORE"] == "sqlite:///x.db" and env["FILE_ONLY"] == "file"  # file > stage
+    assert env["LEVEL"] == "DEBUG"  # the gateway's own environment > files
+    assert "UNRELATED" not in env  # inherited, not set on top
     assert env["WS_MANAGEMENT_ENDPOINT"] == "http://127.0.0.1:8001/api"
-    env = compute_environment(stage, {"CONNECTIONS_STORE": "memory://"}, "/proj", "x")
-    assert env["CONNECTIONS_STORE"] == "memory://"
+    # What the gateway provides always wins.
+    env = compute_environment({"WS_MANAGEMENT_ENDPOINT": "x"}, {"WS_MANAGEMENT_ENDPOINT": "y"},
+                              provided)
+    assert env["WS_MANAGEMENT_ENDPOINT"] == "http://127.0.0.1:8001/api"
     assert queue_name_of("https://sqs.x/1/q.fifo") == "q.fifo"
+
+
+def test_env_file_syntax() -> None:
+    text = "# comment\n\nA=1\nexport B = two words \nC=\"quoted = x\"\nD='s'\nE=\n"
+    assert parse_env_file(text) == {"A": "1", "B": "two words", "C": "quoted = x", "D": "s",
+                                    "E": ""}
+    for bad in ("no-equals", "1A=x", "A-B=x", "=x"):
+        with pytest.raises(EnvFileError, match=":1: expected NAME=VALUE"):
+            parse_env_file(bad, "f.env")
 
 
 def make_app() -> Chalice:
