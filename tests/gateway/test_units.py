@@ -12,12 +12,17 @@ import pytest
 from chalice import Chalice, Rate
 
 from localgateway.core import (
+    CONNECT_FAILED,
     Chaos,
     CloseConnection,
+    CloseDecision,
     ConnectionRegistry,
     Limits,
     ManagementApi,
     SendFrame,
+    client_close_decision,
+    connect_decision,
+    connect_headers,
     connect_status,
 )
 from localgateway.events import (
@@ -269,6 +274,37 @@ def test_limits_timeouts(facts: ConnectionFacts) -> None:
     hard = limits.check_timeouts(conn, start + 100)
     assert hard is not None and hard.code == 1001
     assert limits.next_deadline(conn) == start + 100
+
+
+def test_connect_decision_maps_responses_like_api_gateway() -> None:
+    assert connect_decision(None).accept and connect_decision({"statusCode": 204}).accept
+    refused = connect_decision({"statusCode": 403, "body": "no", "headers": {"X-A": 1}})
+    assert (refused.accept, refused.status, refused.body) == (False, 403, "no")
+    assert refused.headers == {"X-A": "1"}
+    assert connect_decision({"statusCode": "oops"}).status == 502
+    assert (CONNECT_FAILED.accept, CONNECT_FAILED.status) == (False, 502)
+    assert json.loads(CONNECT_FAILED.body or "") == {"message": "Internal server error"}
+
+
+def test_client_close_and_connect_headers() -> None:
+    assert client_close_decision(None, "") == CloseDecision(
+        1005, "Client-side close frame status not set")
+    assert client_close_decision(4000, "bye") == CloseDecision(4000, "bye")
+    headers = connect_headers([("Host", "h"), ("x-forwarded-for", "1.2.3.4")], "127.0.0.1",
+                              8001, "http")
+    assert headers == [("Host", "h"), ("x-forwarded-for", "1.2.3.4"),
+                       ("X-Forwarded-Port", "8001"), ("X-Forwarded-Proto", "http")]
+
+
+def test_registry_holds_the_transport_handle(facts: ConnectionFacts) -> None:
+    registry: ConnectionRegistry[str] = ConnectionRegistry()
+    registry.add(facts, "ua")
+    assert registry.handle(facts.connection_id) is None  # CONNECTING: nothing attached yet
+    registry.mark_open(facts.connection_id, "session")
+    assert registry.handle(facts.connection_id) == "session"
+    assert registry.handles() == ["session"]
+    registry.remove(facts.connection_id)
+    assert registry.handle(facts.connection_id) is None and registry.handles() == []
 
 
 def test_connect_status() -> None:
