@@ -45,7 +45,7 @@ from localgateway.project import (
     read_env_files,
 )
 from localgateway.server import GatewayServer, ServerSettings
-from localgateway.sqs import LocalQueues, QueueSettings, SqsPoller, dlq_name
+from localgateway.sqs import SQS_SERVERS, LocalQueues, QueueSettings, SqsPoller, dlq_name
 from localgateway.worker import REST_FUNCTION
 
 LOG = logging.getLogger("localgateway")
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static", default=None, metavar="DIR",
                    help="serve DIR/index.html at / and DIR/FILE at /static/FILE "
                         "(relative to the project directory; default: nothing)")
+    p.add_argument("--sqs-server", choices=SQS_SERVERS, default="builtin",
+                   help="the local SQS endpoint: the gateway's own (default) or moto")
     p.add_argument("--sqs-visibility-timeout", type=int, default=30,
                    help="VisibilityTimeout of the local queues, seconds (default: 30)")
     p.add_argument("--sqs-max-receive", type=int, default=0,
@@ -347,7 +349,8 @@ def start_queues(args: argparse.Namespace, functions: Functions, project_dir: st
     except ValueError as exc:
         raise StartupError(f"error: {exc}") from None
     queues = LocalQueues(functions.sqs, settings=settings,
-                         log_path=os.path.join(project_dir, ".local", "sqs.log"))
+                         log_path=os.path.join(project_dir, ".local", "sqs.log"),
+                         server=args.sqs_server)
     try:
         queues.start()
     except Exception as exc:

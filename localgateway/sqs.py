@@ -1,11 +1,12 @@
-"""Local SQS: moto's server in its own process, plus pollers feeding ``on_sqs_message`` handlers.
+"""Local SQS in its own process, plus pollers feeding ``on_sqs_message`` handlers.
 
-The SQS endpoint runs as ``python -m moto.server`` on a free 127.0.0.1 port, so its request
-handling never competes with the gateway for the GIL. Queues are created from the app's
-``@app.on_sqs_message`` handlers (:meth:`LocalQueues.start`); SQS itself implements
-``DelaySeconds``, the visibility timeout and redrive to a dead-letter queue. The pollers behave
-like Lambda's SQS event source mapping: batches of up to ``batch_size`` records, deleted when the
-handler returns, left to reappear when it raises, and partial batch failures
+The SQS endpoint runs in its own process on a free 127.0.0.1 port, so its request handling never
+competes with the gateway for the GIL: the built-in :mod:`localgateway.sqs_server` (default;
+efficient long polling) or ``python -m moto.server`` (``--sqs-server moto``). Queues are
+created from the app's ``@app.on_sqs_message`` handlers (:meth:`LocalQueues.start`); the server
+implements ``DelaySeconds``, the visibility timeout and redrive to a dead-letter queue. The
+pollers behave like Lambda's SQS event source mapping: batches of up to ``batch_size`` records,
+deleted when the handler returns, left to reappear when it raises, and partial batch failures
 (``{"batchItemFailures": [{"itemIdentifier": messageId}]}``, ReportBatchItemFailures) honoured.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -31,9 +33,11 @@ from localgateway.invoker import InvocationError, Invoker, UnknownFunctionError
 
 LOG = logging.getLogger("localgateway.sqs")
 
-#: Bound on the moto server's start (it imports Flask and moto's backends).
+#: Bound on the server's start (moto imports Flask and its backends: seconds).
 SQS_START_TIMEOUT = 60.0
 DLQ_SUFFIX = "-dlq"
+SQS_SERVERS = ("builtin", "moto")
+BUILTIN_SERVER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sqs_server.py")
 
 
 def die_with_parent() -> None:
@@ -90,7 +94,11 @@ class LocalQueues:
     """
 
     def __init__(self, queue_names: Iterable[str], host: str = "127.0.0.1",
-                 settings: QueueSettings | None = None, log_path: str | None = None) -> None:
+                 settings: QueueSettings | None = None, log_path: str | None = None,
+                 server: str = "builtin") -> None:
+        if server not in SQS_SERVERS:
+            raise ValueError(f"unknown SQS server {server!r} (one of {', '.join(SQS_SERVERS)})")
+        self.server = server
         self.queue_names = sorted(set(queue_names))
         self.host = host
         self.settings = settings or QueueSettings()
@@ -105,8 +113,14 @@ class LocalQueues:
         if self.log_path:
             log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
+            if self.server == "moto":
+                cmd = [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)]
+            else:
+                # -P: this file's folder stays off sys.path (it has a token.py).
+                cmd = [sys.executable, "-P", BUILTIN_SERVER_PATH, "--host", self.host,
+                       "--port", str(port)]
             return subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(port)],
+                cmd,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
             )
@@ -134,7 +148,8 @@ class LocalQueues:
             if time.monotonic() >= deadline:
                 break
         if self._process is None:
-            raise RuntimeError(f"the local SQS server (moto) did not start within {timeout:.0f} s")
+            raise RuntimeError(f"the local SQS server ({self.server}) did not start within "
+                               f"{timeout:.0f} s")
         client = self.client()
         for name in self.queue_names:
             fifo = {"FifoQueue": "true"} if name.endswith(".fifo") else {}

@@ -18,6 +18,7 @@ import pytest
 from botocore.config import Config
 
 from localgateway.sqs import dlq_name, failed_message_ids
+from localgateway.sqs_server import SqsBackend, SqsError
 from localgateway.testing import Gateway, running_gateway, wait_until
 
 from .conftest import FIXTURES
@@ -59,21 +60,30 @@ def children(pid: int) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def record_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sqs") / "records.jsonl"
+SERVER_COMMANDS = {"builtin": "localgateway/sqs_server.py", "moto": "moto.server"}
+
+
+@pytest.fixture(scope="module", params=sorted(SERVER_COMMANDS))
+def server(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def gateway(record_file: Path) -> Iterator[Gateway]:
+def record_file(tmp_path_factory: pytest.TempPathFactory, server: str) -> Path:
+    return tmp_path_factory.mktemp(f"sqs-{server}") / "records.jsonl"
+
+
+@pytest.fixture(scope="module")
+def gateway(record_file: Path, server: str) -> Iterator[Gateway]:
     env = {**os.environ, "MODEL_RECORD_FILE": str(record_file)}
-    args = ["--sqs-visibility-timeout", "1", "--sqs-max-receive", "2"]
+    args = ["--sqs-visibility-timeout", "1", "--sqs-max-receive", "2", "--sqs-server", server]
     with running_gateway(str(MODEL), extra_args=args, env=env) as gw:
         yield gw
 
 
-def test_sqs_endpoint_runs_in_its_own_process(gateway: Gateway) -> None:
-    assert any("moto.server" in command for command in children(gateway.process.pid))
+def test_sqs_endpoint_runs_in_its_own_process(gateway: Gateway, server: str) -> None:
+    commands = children(gateway.process.pid)
+    assert any(SERVER_COMMANDS[server] in command for command in commands), commands
     assert queue_url(gateway, "model-jobs").endswith("/model-jobs")
     assert queue_url(gateway, "model-jobs-dlq").endswith("/model-jobs-dlq")
 
@@ -120,3 +130,65 @@ def test_batch_item_failures_are_read_like_lambda() -> None:
     assert failed_message_ids({"batchItemFailures": [{"itemIdentifier": ""}]}, ids) is None
     assert failed_message_ids({"batchItemFailures": "b"}, ids) is None
     assert dlq_name("jobs") == "jobs-dlq" and dlq_name("jobs.fifo") == "jobs-dlq.fifo"
+
+
+# ----- the built-in SQS server's backend (transport-free, clock injected) -----------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_backend_delay_visibility_and_redrive() -> None:
+    clock = Clock()
+    backend = SqsBackend("http://127.0.0.1:1", clock)
+    dlq = backend.create_queue("jobs-dlq", {})
+    policy = json.dumps({"deadLetterTargetArn": dlq.arn, "maxReceiveCount": "2"})
+    jobs = backend.create_queue("jobs", {"VisibilityTimeout": "5", "RedrivePolicy": policy})
+    assert backend.create_queue("jobs", {}) is jobs  # idempotent
+    backend.send(jobs, "later", delay=3)
+    assert backend.receive(jobs, 10, None) == []
+    assert backend.next_visible_at(jobs) == clock.now + 3
+    clock.now += 3
+    (first,) = backend.receive(jobs, 10, None)
+    first_handle = first.receipt_handle
+    assert first.receive_count == 1 and backend.receive(jobs, 10, None) == []  # in flight
+    clock.now += 5  # visibility timeout over: delivered again
+    (second,) = backend.receive(jobs, 10, None)
+    assert second.receive_count == 2
+    backend.delete(jobs, first_handle)  # an outdated handle changes nothing
+    assert len(jobs.messages) == 1
+    clock.now += 5  # received maxReceiveCount times: moves to the DLQ on the next receive
+    assert backend.receive(jobs, 10, None) == []
+    (dead,) = backend.receive(dlq, 10, None)
+    assert dead.body == "later"
+    backend.delete(dlq, dead.receipt_handle)
+    assert not dlq.messages and not jobs.messages
+
+
+def test_backend_answers_like_sqs() -> None:
+    backend = SqsBackend("http://127.0.0.1:1", Clock())
+    queue = backend.create_queue("q", {})
+    with pytest.raises(SqsError) as info:
+        backend.queue_from_url("http://127.0.0.1:1/123456789012/missing")
+    assert info.value.code == "AWS.SimpleQueueService.NonExistentQueue"
+    with pytest.raises(SqsError):
+        backend.send(queue, "x" * (256 * 1024 + 1), None)
+    attributes = {"b": {"DataType": "String", "StringValue": "v"},
+                  "a": {"DataType": "Number", "StringValue": "1"}}
+    message = backend.send(queue, "body", None, attributes)
+    (received_message,) = backend.receive(queue, 1, None)
+    rendered = backend.render(received_message, ["All"], ["All"])
+    assert rendered["MD5OfBody"] == "841a2d689ad86bd1611447453c22c6fc"
+    assert rendered["Attributes"]["ApproximateReceiveCount"] == "1"
+    assert rendered["MessageAttributes"] == attributes and message.message_id
+    # The same digest as moto's implementation of SQS's algorithm.
+    from moto.sqs.models import Message as MotoMessage
+
+    moto_message = MotoMessage("id", "body")
+    moto_message.message_attributes = attributes
+    assert rendered["MD5OfMessageAttributes"] == moto_message.attribute_md5
