@@ -239,6 +239,7 @@ class Project:
         self.config: Config = self.factory.create_config_obj(chalice_stage_name=stage)
         self._lock = threading.Lock()
         self._app: Chalice | None = None
+        self._functions: tuple[Chalice, Functions] | None = None
         self.environment: dict[str, str] = {}
         self.local_environment = LocalEnvironment(dict(os.environ), {})
 
@@ -312,7 +313,12 @@ class Project:
             raise
 
     def functions(self) -> Functions:
-        return Functions.of(self.app)
+        """The current app's functions (computed once per loaded app: called per event)."""
+        app = self.app
+        cached = self._functions
+        if cached is None or cached[0] is not app:
+            cached = self._functions = (app, Functions.of(app))
+        return cached[1]
 
     def function_settings(self, name: str) -> FunctionSettings:
         """Timeout, memory and environment of the Lambda function ``name``, scoped the Chalice
