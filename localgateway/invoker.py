@@ -54,6 +54,12 @@ class ReloadLock:
         self._writer = False
         self._waiting_writers = 0
 
+    @property
+    def writers_waiting(self) -> int:
+        """Reloads waiting for running handlers to return."""
+        with self._cond:
+            return self._waiting_writers
+
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
         """Held while a handler runs; waits while a reload is pending or running."""

@@ -410,3 +410,45 @@ def test_reload_purges_only_project_modules(tmp_path: Path) -> None:
     repo = str(Path(localgateway.project.__file__).resolve().parents[1])
     assert not is_project_module(str(Path(localgateway.project.__file__).resolve()), repo)
     assert not is_project_module(str(Path(chalice.__file__).resolve()), str(Path("/")))
+
+
+def test_reload_lock_never_runs_a_reload_beside_a_handler() -> None:
+    import threading
+
+    from localgateway.invoker import ReloadLock
+    from localgateway.testing import wait_until
+
+    lock = ReloadLock()
+    order: list[str] = []
+    handler_inside = threading.Event()
+    release_handler = threading.Event()
+
+    def handler() -> None:
+        with lock.reading():
+            order.append("handler start")
+            handler_inside.set()
+            release_handler.wait(10)
+            order.append("handler end")
+
+    def reload() -> None:
+        with lock.writing():
+            order.append("reload")
+
+    first = threading.Thread(target=handler)
+    first.start()
+    assert handler_inside.wait(10)
+    writer = threading.Thread(target=reload)
+    writer.start()
+    wait_until(lambda: lock.writers_waiting == 1, 10, "the reload to wait")
+
+    def late_handler() -> None:
+        with lock.reading():
+            order.append("late")
+
+    # A handler arriving while the reload waits queues behind it (writers first).
+    late = threading.Thread(target=late_handler)
+    late.start()
+    release_handler.set()
+    for thread in (first, writer, late):
+        thread.join(10)
+    assert order == ["handler start", "handler end", "reload", "late"]
