@@ -20,9 +20,14 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from localgateway.testing import Gateway, running_gateway, wait_until
+from localgateway.testing import EXTRA_ARGS_VARIABLE, Gateway, running_gateway, wait_until
 
 from .conftest import FIXTURES
+
+pytestmark = pytest.mark.skipif(
+    "--in-process" in os.environ.get(EXTRA_ARGS_VARIABLE, ""),
+    reason="these tests are about the container model, which --in-process turns off",
+)
 
 MODEL = FIXTURES / "lambda_model"
 RECV_TIMEOUT = 20.0
