@@ -51,6 +51,9 @@ def roundtrip_section(quick: bool, peer: bool) -> tuple[Section, list[str]]:
     with make_run_gateway() as gateway:
         log(f"round trip: make run configuration at {gateway.ws_url}")
         results[headline] = roundtrip.run_url(gateway.ws_url, quick)
+    with make_run_gateway(extra_args=["--in-process"]) as gateway:
+        log(f"round trip: make run --in-process at {gateway.ws_url}")
+        results["secondary: make run --in-process"] = roundtrip.run_url(gateway.ws_url, quick)
     with app_gateway() as gateway:
         log(f"round trip: test stage at {gateway.ws_url}")
         results["secondary: test stage, no welcome queue"] = roundtrip.run_url(gateway.ws_url,

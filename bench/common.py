@@ -56,7 +56,8 @@ def app_gateway(extra_args: Sequence[str] = (), env: Mapping[str, str] | None = 
 
 
 @contextlib.contextmanager
-def make_run_gateway(env: Mapping[str, str] | None = None) -> Iterator[Gateway]:
+def make_run_gateway(env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
+                     ) -> Iterator[Gateway]:
     """The app as ``make run`` starts it: dev stage (welcome queue on), ``--env-file local.env``,
     ``--static web``, default flags (containers, INFO log). The store is a fresh SQLite file;
     authentication stays off and the message rate limit is raised so a load client measures
@@ -69,8 +70,8 @@ def make_run_gateway(env: Mapping[str, str] | None = None) -> Iterator[Gateway]:
         child_env["CONNECTIONS_STORE"] = f"sqlite:///{os.path.join(tmp, 'connections.db')}"
         child_env["WS_RATE_LIMIT"] = "100000"
         child_env.update(env or {})
-        with running_gateway(ROOT, extra_args=["--env-file", "local.env", "--static", "web"],
-                             env=child_env) as gateway:
+        with running_gateway(ROOT, extra_args=["--env-file", "local.env", "--static", "web",
+                                               *extra_args], env=child_env) as gateway:
             yield gateway
 
 
