@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -144,3 +145,27 @@ def test_nothing_reloads_without_an_edit_then_edits_reload_once_each(
         gateway.wait_for_log("reloaded app", 30)
         assert echo_once(gateway, "hi") == "v2:hi"
         assert gateway.log().count("change detected") == 2
+
+
+def test_a_container_that_fails_its_cold_start_fails_the_start(tmp_path: Path) -> None:
+    # The app imports in the gateway, but the message function's own environment breaks it:
+    # only starting its container before "ready" can show it.
+    project = tmp_path / "notes"
+    shutil.copytree(ECHO.parent / "notes", project,
+                    ignore=shutil.ignore_patterns(".local", "__pycache__"))
+    config_path = project / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["stages"]["dev"]["lambda_functions"] = {
+        "message": {"environment_variables": {"NOTES_BROKEN": "1"}}}
+    config_path.write_text(json.dumps(config))
+    app_py = project / "app.py"
+    app_py.write_text(app_py.read_text().replace(
+        "app = Chalice(", "if os.environ.get('NOTES_BROKEN'):\n"
+        "    raise RuntimeError('NOTES_BROKEN is set')\n\napp = Chalice(", 1))
+    result = start_and_wait(project)
+    assert result.returncode == 1
+    assert "Gateway ready" not in result.stdout
+    assert ("error: a container of message failed to start: RuntimeError: NOTES_BROKEN is set"
+            in result.stderr)
+    # The container's own log has the traceback (Lambda's Runtime.ImportModuleError).
+    assert "Runtime.ImportModuleError" in result.stderr
