@@ -169,3 +169,39 @@ def test_a_container_that_fails_its_cold_start_fails_the_start(tmp_path: Path) -
             in result.stderr)
     # The container's own log has the traceback (Lambda's Runtime.ImportModuleError).
     assert "Runtime.ImportModuleError" in result.stderr
+
+
+def test_old_containers_serve_until_new_ones_import(tmp_path: Path) -> None:
+    project = tmp_path / "notes"
+    shutil.copytree(ECHO.parent / "notes", project,
+                    ignore=shutil.ignore_patterns(".local", "__pycache__"))
+    app_py = project / "app.py"
+    app_py.write_text(app_py.read_text().replace(
+        "app = Chalice(", "if os.environ.get('NOTES_BROKEN'):\n"
+        "    raise RuntimeError('NOTES_BROKEN is set')\n\napp = Chalice(", 1))
+    config_path = project / ".chalice" / "config.json"
+    config = json.loads(config_path.read_text())
+
+    def chat(gateway: Gateway) -> Any:
+        async def scenario() -> Any:
+            async with connect(gateway.ws_url) as ws:
+                await ws.send('{"action": "chat", "message": "x"}')
+                return await asyncio.wait_for(ws.recv(), RECV_TIMEOUT)
+
+        return asyncio.run(asyncio.wait_for(scenario(), 60))
+
+    with running_gateway(str(project), reload=True) as gateway:
+        assert "hello from notes" in chat(gateway)
+        # The gateway's own import of the edited project succeeds (stage environment); the
+        # message function's new environment breaks its containers.
+        config["stages"]["dev"]["lambda_functions"] = {
+            "message": {"environment_variables": {"NOTES_BROKEN": "1"}}}
+        config_path.write_text(json.dumps(config))
+        gateway.wait_for_log("the previous containers keep serving", 30)
+        assert "hello from notes" in chat(gateway)
+        # Fixed: the new generation takes over.
+        config["stages"]["dev"]["environment_variables"]["NOTES_GREETING"] = "v2"
+        config["stages"]["dev"]["lambda_functions"] = {}
+        config_path.write_text(json.dumps(config))
+        gateway.wait_for_log("reloaded app", 30)
+        assert '"v2"' in chat(gateway)
