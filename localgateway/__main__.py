@@ -29,7 +29,6 @@ from chalice.local import ChaliceRequestHandler, HTTPServerThread, LocalDevServe
 from localgateway.containers import (
     ContainerInitError,
     ContainerInvoker,
-    FunctionSettings,
     default_max_containers,
 )
 from localgateway.core import Chaos, Limits
@@ -251,7 +250,6 @@ class LocalGateway:
     pollers: list[SqsPoller] = field(default_factory=list)
     rest_thread: HTTPServerThread | None = None
     reloader: Any = None
-    process_env: dict[str, str] = field(default_factory=dict)
 
     def print_banner(self) -> None:
         args, shown = self.args, display_host(self.args.host)
@@ -331,14 +329,11 @@ class LocalGateway:
             LOG.warning("SQS queues changed; restart the gateway to provision them")
         if self.containers is not None:
             try:
-                self.containers.rollover(self.function_settings, new.websocket())
+                self.containers.rollover(self.project.function_settings, new.websocket())
             except ContainerInitError as exc:
                 LOG.error("reload failed; the previous containers keep serving: %s", exc)
                 return
         LOG.info("reloaded app (open connections kept)")
-
-    def function_settings(self, name: str) -> FunctionSettings:
-        return self.project.function_settings(name)
 
 
 def start_queues(args: argparse.Namespace, functions: Functions, project_dir: str
@@ -420,13 +415,12 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
         )
         limits = Limits(idle_timeout=args.idle_timeout, hard_timeout=args.hard_timeout)
         invoker: Invoker
-        holder: dict[str, LocalGateway] = {}
         if args.in_process:
             invoker = InProcessInvoker(lambda: project.app)
         else:
             containers = ContainerInvoker(
                 project_dir,
-                lambda name: holder["gateway"].function_settings(name),
+                project.function_settings,
                 lambda: project.functions().all_names(),
                 max_containers=args.max_containers,
                 idle_seconds=args.container_idle,
@@ -443,8 +437,7 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
                            schedule_interval=args.schedule_interval, static_dir=static_dir),
         )
         gateway = LocalGateway(args, project, server, invoker, env, management_endpoint, domain,
-                               queues, containers, process_env=process_env)
-        holder["gateway"] = gateway
+                               queues, containers)
         if queues is not None:
             for queue_name, names in functions.sqs.items():
                 for name in names:
