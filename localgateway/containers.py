@@ -379,8 +379,10 @@ class FunctionPool:
                 container.last_used = time.monotonic()
                 self._idle.append(container)
             self._cond.notify()
-        if not keep:
-            container.kill() if not container.alive() else container.stop()
+        if not keep and container.alive():
+            container.stop()  # an old generation's: let it exit cleanly
+        elif not keep:
+            container.kill()  # already dead: reap it and close its pipes
 
     def retire(self, current: Generation) -> int:
         """Stop idle containers of older generations (busy ones stop when released)."""
