@@ -84,6 +84,8 @@ class FunctionSettings:
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
     memory_mb: int = DEFAULT_MEMORY_MB
     environment: Mapping[str, str] = field(default_factory=dict)
+    #: Chalice's ``reserved_concurrency``: caps the function's containers (0 = throttled).
+    reserved_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -446,11 +448,16 @@ class ContainerInvoker:
         with self._lock:
             return self._generation
 
-    def pool(self, function: str) -> FunctionPool:
+    def pool(self, function: str, settings: FunctionSettings | None = None) -> FunctionPool:
+        """The function's pool: ``max_containers``, or its ``reserved_concurrency`` if lower."""
         with self._lock:
             pool = self._pools.get(function)
             if pool is None:
-                pool = self._pools[function] = FunctionPool(function, self.max_containers)
+                cap = self.max_containers
+                reserved = settings.reserved_concurrency if settings is not None else None
+                if reserved:
+                    cap = min(cap, reserved)
+                pool = self._pools[function] = FunctionPool(function, cap)
             return pool
 
     def stats(self) -> dict[str, dict[str, int]]:
@@ -526,7 +533,7 @@ class ContainerInvoker:
         """
         generation = self.generation
         for container in self.prewarm(functions, generation):
-            if not self.pool(container.function.name).adopt(container):
+            if not self.pool(container.function.name, container.function).adopt(container):
                 container.stop()
         self.start_reaper()
 
@@ -547,7 +554,7 @@ class ContainerInvoker:
         for pool in pools:
             pool.retire(candidate)
         for container in warmed:
-            if not self.pool(container.function.name).adopt(container):
+            if not self.pool(container.function.name, container.function).adopt(container):
                 container.stop()
         return candidate
 
@@ -566,7 +573,9 @@ class ContainerInvoker:
             raise UnknownFunctionError(function)
         generation = self.generation
         settings = generation.settings(function)
-        pool = self.pool(function)
+        if settings.reserved_concurrency == 0:
+            raise ThrottledError(function, "Rate Exceeded: reserved_concurrency is 0", "")
+        pool = self.pool(function, settings)
         wait = max(settings.timeout_seconds, 10.0) * 2
         container = pool.acquire(generation, lambda: self._start(function, generation), wait)
         request_id = str(uuid.uuid4())

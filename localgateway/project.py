@@ -30,6 +30,10 @@ def queue_name_of(value: str) -> str:
     return value.rstrip("/").rsplit("/", 1)[-1]
 
 
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
 class EnvFileError(ValueError):
     """An ``--env-file`` line that is not ``NAME=VALUE`` (the message names file and line)."""
 
@@ -331,4 +335,5 @@ class Project:
             timeout_seconds=float(timeout) if timeout else DEFAULT_TIMEOUT_SECONDS,
             memory_mb=int(memory) if memory else DEFAULT_MEMORY_MB,
             environment=self.local_environment.full(dict(scoped.environment_variables)),
+            reserved_concurrency=_optional_int(scoped.reserved_concurrency),
         )

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,13 +180,26 @@ def test_crashed_container_is_replaced(model: Gateway) -> None:
     assert answer["saw_connect"] is False and pid_alive(answer["pid"])
 
 
-def test_invocations_past_the_cap_queue(tmp_path: Path) -> None:
-    with running_gateway(str(MODEL), extra_args=["--max-containers", "1"]) as gateway:
+@pytest.mark.parametrize("cap", ["flag", "reserved_concurrency"])
+def test_invocations_past_the_cap_queue(tmp_path: Path, cap: str) -> None:
+    project, args = MODEL, ["--max-containers", "1"]
+    if cap == "reserved_concurrency":
+        # Chalice's per-function reserved_concurrency caps that function's containers.
+        project = tmp_path / "model"
+        shutil.copytree(MODEL, project, ignore=shutil.ignore_patterns(".local", "__pycache__"))
+        config_path = project / ".chalice" / "config.json"
+        config = json.loads(config_path.read_text())
+        config["stages"]["dev"]["lambda_functions"]["message"]["reserved_concurrency"] = 1
+        config_path.write_text(json.dumps(config))
+        args = ["--max-containers", "4"]
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    with running_gateway(str(project), extra_args=args) as gateway:
 
         async def scenario() -> list[dict[str, Any]]:
             async with connect(gateway.ws_url) as a, connect(gateway.ws_url) as b:
-                return list(await asyncio.gather(ask(a, f"meet:{tmp_path}:2"),
-                                                 ask(b, f"meet:{tmp_path}:2")))
+                return list(await asyncio.gather(ask(a, f"meet:{meeting}:2"),
+                                                 ask(b, f"meet:{meeting}:2")))
 
         first, second = run(scenario())
     # One container: the second invocation waited for the first, which met nobody.
