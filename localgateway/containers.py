@@ -215,8 +215,11 @@ class Container:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise _Deadline
-            ready, _, _ = select.select([self._read_fd], [], [], remaining)
-            if not ready:
+            # poll(), not select(): the gateway may hold more than FD_SETSIZE (1024) sockets.
+            poller = select.poll()
+            poller.register(self._read_fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+            timeout_ms = None if remaining is None else max(1, math.ceil(remaining * 1000))
+            if not poller.poll(timeout_ms):
                 raise _Deadline
             chunk = os.read(self._read_fd, 1 << 16)
             if not chunk:

@@ -230,3 +230,31 @@ def test_in_process_mode_shares_module_state() -> None:
 
         answer = run(scenario())
     assert answer["saw_connect"] is True and answer["pid"] == gateway.process.pid
+
+
+def test_a_container_works_when_the_gateway_holds_over_1024_files(tmp_path: Path) -> None:
+    # The gateway may hold thousands of sockets: waiting on a container must not use select().
+    import resource
+
+    from localgateway.containers import Container, FunctionSettings, Generation
+    from localgateway.events import RandomIdSource, SystemClock, scheduled_event
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard open-file limit ({hard}) is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
+    settings = FunctionSettings("tidy", timeout_seconds=30, environment=env)
+    notes = str(FIXTURES / "notes")
+    container = Container(settings, Generation(1, notes, lambda name: settings))
+    try:
+        container.start()
+        ok, reply = container.invoke("request-1", scheduled_event("tidy", SystemClock(),
+                                                                     RandomIdSource()))
+    finally:
+        container.stop()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert ok and reply["result"] == {"tidied": 0, "source": "aws.events"}
