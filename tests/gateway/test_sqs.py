@@ -53,10 +53,17 @@ def children(pid: int) -> list[str]:
     """Command lines of a process's children (Linux /proc)."""
     found = []
     for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            for child in f.read().split():
+        try:  # threads (and children) come and go while we look
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids = f.read().split()
+        except FileNotFoundError:
+            continue
+        for child in kids:
+            try:
                 with open(f"/proc/{child}/cmdline", "rb") as c:
                     found.append(c.read().replace(b"\0", b" ").decode())
+            except FileNotFoundError:
+                continue
     return found
 
 
