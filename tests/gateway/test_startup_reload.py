@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from localgateway.reload import Reloader, content_digest
-from localgateway.testing import Gateway, free_port, running_gateway
+from localgateway.testing import EXTRA_ARGS_VARIABLE, Gateway, free_port, running_gateway
 
 from .conftest import ECHO
 
@@ -171,6 +171,8 @@ def test_a_container_that_fails_its_cold_start_fails_the_start(tmp_path: Path) -
     assert "Runtime.ImportModuleError" in result.stderr
 
 
+@pytest.mark.skipif("--in-process" in os.environ.get(EXTRA_ARGS_VARIABLE, ""),
+                    reason="per-function environments and container generations need containers")
 def test_old_containers_serve_until_new_ones_import(tmp_path: Path) -> None:
     project = tmp_path / "notes"
     shutil.copytree(ECHO.parent / "notes", project,
