@@ -34,6 +34,10 @@ def _factory(stage: str) -> EventFactory:
     return EventFactory(ApiInfo(API_ID, stage, DOMAIN), _clock, _ids)
 
 
+#: The builder for the ``api`` stage (what the app's harness and the plugin client use).
+EVENTS = _factory("api")
+
+
 def _facts(connection_id: str) -> ConnectionFacts:
     return ConnectionFacts(connection_id, epoch_ms(_clock), SOURCE_IP)
 
