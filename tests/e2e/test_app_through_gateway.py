@@ -167,3 +167,19 @@ def test_startup_prints_the_urls_and_serves_the_demo_page(gateway: Gateway) -> N
         assert response.status == 200
         assert "text/html" in response.headers["Content-Type"]
         assert b"<html" in response.read()
+
+
+def test_a_bad_setting_fails_the_start_naming_the_variable_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from localgateway.testing import free_port
+
+    env = _env(tmp_path, WS_RATE_LIMIT="abc", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "localgateway", "--project-dir", str(ROOT), "--env-file",
+         "local.env", "--no-reload", "--port", str(free_port()), "--ws-port", str(free_port())],
+        capture_output=True, text=True, timeout=90, env=env, cwd=str(ROOT))
+    assert result.returncode == 1
+    assert "Gateway ready" not in result.stdout
+    assert result.stderr.count("WS_RATE_LIMIT='abc' is not an integer") == 1, result.stderr
