@@ -28,7 +28,7 @@ browser:
 
 # The local gateway: REST on :8000, WebSocket on ws://127.0.0.1:8001/api (flags: ARGS="...").
 run: $(STAMP)
-	$(PY) -m localgateway --project-dir . $(ARGS)
+	$(PY) -m localgateway --project-dir . --env-file local.env --static web $(ARGS)
 
 test: lint typecheck unit
 

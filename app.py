@@ -35,6 +35,35 @@ app.experimental_feature_flags.update(["WEBSOCKETS"])
 app.log.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 logging.getLogger("chalicelib").setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
 
+
+
+def _validate_settings() -> None:
+    """At cold start: a bad setting fails the import naming the variable (ConfigError), once,
+    instead of failing every invocation; the effective security mode is logged."""
+    from chalicelib.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    if settings.auth_secret is not None:
+        auth = "HS256 shared secret"
+    elif settings.auth_jwks_url is not None:
+        auth = f"JWKS {settings.auth_jwks_url}"
+    else:
+        auth = "OFF (no WS_AUTH_SECRET or WS_AUTH_JWKS_URL; local development only)"
+    # chalicelib's logger: the runtime's log in Lambda and in local containers, never stdout.
+    logging.getLogger("chalicelib.security").info(
+        "security: authentication %s; origins %s; rate limit %s; %d rooms per connection;"
+        " data up to %d bytes",
+        auth,
+        ", ".join(settings.allowed_origins) or "not checked",
+        f"{settings.rate_limit} per {settings.rate_window_seconds} s"
+        if settings.rate_limit else "off",
+        settings.max_rooms_per_connection,
+        settings.max_data_bytes,
+    )
+
+
+_validate_settings()
+
 #: The queues' names; deployment resources and the local gateway use the same ones.
 WELCOME_QUEUE_NAME = os.environ.get("WELCOME_QUEUE_NAME", "ws-rooms-welcome")
 FANOUT_QUEUE_NAME = os.environ.get("FANOUT_QUEUE_NAME", "ws-rooms-fanout")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from bench import coldstart, delivery_cost, fanout, fanout_queue, roundtrip, stale
-from bench.common import ROOT, Section, app_gateway, log
+from bench.common import ROOT, Section, app_gateway, log, make_run_gateway
 from bench.floor import running_floor
 from bench.report import command_line, plot_fanout, render
 
@@ -47,9 +47,17 @@ def roundtrip_section(quick: bool, peer: bool) -> tuple[Section, list[str]]:
     with running_floor() as url:
         log(f"floor: bare websockets at {url}")
         results["floor: bare websockets echo"] = roundtrip.run_url(url, quick)
+    headline = "local gateway + app (make run: dev stage, welcome queue, containers)"
+    with make_run_gateway() as gateway:
+        log(f"round trip: make run configuration at {gateway.ws_url}")
+        results[headline] = roundtrip.run_url(gateway.ws_url, quick)
+    with make_run_gateway(extra_args=["--in-process"]) as gateway:
+        log(f"round trip: make run --in-process at {gateway.ws_url}")
+        results["secondary: make run --in-process"] = roundtrip.run_url(gateway.ws_url, quick)
     with app_gateway() as gateway:
-        log(f"round trip: local gateway at {gateway.ws_url}")
-        results["local gateway + app"] = roundtrip.run_url(gateway.ws_url, quick)
+        log(f"round trip: test stage at {gateway.ws_url}")
+        results["secondary: test stage, no welcome queue"] = roundtrip.run_url(gateway.ws_url,
+                                                                              quick)
     peer_name = None
     if peer:
         result, status = _peer_roundtrip(quick)
@@ -58,12 +66,14 @@ def roundtrip_section(quick: bool, peer: bool) -> tuple[Section, list[str]]:
             results[peer_name] = result
         else:
             notes.append(f"The peer was requested but not measured: {status}.")
-    section = roundtrip.section(results, "floor: bare websockets echo", "local gateway + app",
+    section = roundtrip.section(results, "floor: bare websockets echo", headline,
                                 peer_name, quick)
     section.notes.append(
-        "The local gateway runs the app with default flags (`python -m localgateway --stage "
-        "test`, 8 handler threads, INFO log), SQLite store; every ping is one `$default` "
-        "invocation: welcome claim + rate-limit count in the store, then a PostToConnection.")
+        "The headline runs the app as `make run` does (`python -m localgateway --env-file "
+        "local.env --static web`: dev stage with the welcome queue, one container per function, "
+        "INFO log with a REPORT line per invocation), SQLite store, WS_RATE_LIMIT raised; every "
+        "ping is one `$default` invocation: welcome claim + rate-limit count in the store, then "
+        "a PostToConnection. The secondary row is the `test` stage (no welcome queue).")
     section.notes += notes
     return section, notes
 

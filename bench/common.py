@@ -56,6 +56,26 @@ def app_gateway(extra_args: Sequence[str] = (), env: Mapping[str, str] | None = 
             yield gateway
 
 
+@contextlib.contextmanager
+def make_run_gateway(env: Mapping[str, str] | None = None, extra_args: Sequence[str] = ()
+                     ) -> Iterator[Gateway]:
+    """The app as ``make run`` starts it: dev stage (welcome queue on), ``--env-file local.env``,
+    ``--static web``, default flags (containers, INFO log). The store is a fresh SQLite file;
+    authentication stays off and the message rate limit is raised so a load client measures
+    throughput, not the limit."""
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        child_env = dict(os.environ)
+        for name in ("WELCOME_QUEUE_URL", "FANOUT_CONCURRENCY", "WS_AUTH_SECRET",
+                     "WS_AUTH_JWKS_URL", "LOG_LEVEL"):
+            child_env.pop(name, None)
+        child_env["CONNECTIONS_STORE"] = f"sqlite:///{os.path.join(tmp, 'connections.db')}"
+        child_env["WS_RATE_LIMIT"] = "100000"
+        child_env.update(env or {})
+        with running_gateway(ROOT, extra_args=["--env-file", "local.env", "--static", "web",
+                                               *extra_args], env=child_env) as gateway:
+            yield gateway
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

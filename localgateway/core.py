@@ -10,8 +10,9 @@ import enum
 import json
 import random
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from localgateway.events import Clock, ConnectionFacts, epoch_ms, format_iso8601
 
@@ -36,48 +37,73 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+H = TypeVar("H")
+
+
 @dataclass
-class Connection:
+class Connection(Generic[H]):
+    """What the gateway knows about one connection; ``handle`` is the transport's live object
+    (the server's session), opaque to the core."""
+
     facts: ConnectionFacts
     user_agent: str
     last_active_ms: int
     state: State = State.CONNECTING
+    handle: H | None = None
 
     @property
     def connection_id(self) -> str:
         return self.facts.connection_id
 
 
-class ConnectionRegistry:
-    """Every connection the gateway knows, by id. Thread-safe."""
+class ConnectionRegistry(Generic[H]):
+    """Every connection the gateway knows, by id, with its transport handle. Thread-safe.
+
+    The one registry: the server keeps no other table of connections.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._connections: dict[str, Connection] = {}
+        self._connections: dict[str, Connection[H]] = {}
 
-    def add(self, facts: ConnectionFacts, user_agent: str) -> Connection:
-        conn = Connection(facts=facts, user_agent=user_agent, last_active_ms=facts.connected_at_ms)
+    def add(self, facts: ConnectionFacts, user_agent: str) -> Connection[H]:
+        """Register a connection in CONNECTING (raises ValueError for a duplicate id)."""
+        conn: Connection[H] = Connection(facts=facts, user_agent=user_agent,
+                                         last_active_ms=facts.connected_at_ms)
         with self._lock:
             if facts.connection_id in self._connections:
                 raise ValueError(f"duplicate connection id {facts.connection_id}")
             self._connections[facts.connection_id] = conn
         return conn
 
-    def get(self, connection_id: str) -> Connection | None:
+    def get(self, connection_id: str) -> Connection[H] | None:
         with self._lock:
             return self._connections.get(connection_id)
 
-    def live(self, connection_id: str) -> Connection | None:
+    def handle(self, connection_id: str) -> H | None:
+        """The transport handle of a known connection (None when unknown or not attached)."""
+        conn = self.get(connection_id)
+        return conn.handle if conn is not None else None
+
+    def handles(self) -> list[H]:
+        """Every attached transport handle (for shutdown)."""
+        with self._lock:
+            return [c.handle for c in self._connections.values() if c.handle is not None]
+
+    def live(self, connection_id: str) -> Connection[H] | None:
         """The connection if it is OPEN (what @connections may act on), else None."""
         conn = self.get(connection_id)
         if conn is None or conn.state is not State.OPEN:
             return None
         return conn
 
-    def mark_open(self, connection_id: str) -> None:
-        conn = self.get(connection_id)
-        if conn is not None and conn.state is State.CONNECTING:
-            conn.state = State.OPEN
+    def mark_open(self, connection_id: str, handle: H | None = None) -> None:
+        """``$connect`` accepted and the upgrade done: @connections may act on it now."""
+        with self._lock:
+            conn = self._connections.get(connection_id)
+            if conn is not None and conn.state is State.CONNECTING:
+                conn.state = State.OPEN
+                conn.handle = handle
 
     def mark_closed(self, connection_id: str) -> bool:
         """Returns True the first time a connection is closed."""
@@ -130,13 +156,13 @@ class Limits:
             return CloseDecision(CLOSE_MESSAGE_TOO_BIG, "Message too big")
         return None
 
-    def next_deadline(self, conn: Connection) -> float:
+    def next_deadline(self, conn: Connection[Any]) -> float:
         """Epoch seconds at which the connection times out (idle or maximum duration)."""
         idle = conn.last_active_ms / 1000 + self.idle_timeout
         hard = conn.facts.connected_at_ms / 1000 + self.hard_timeout
         return min(idle, hard)
 
-    def check_timeouts(self, conn: Connection, now: float) -> CloseDecision | None:
+    def check_timeouts(self, conn: Connection[Any], now: float) -> CloseDecision | None:
         if now >= conn.facts.connected_at_ms / 1000 + self.hard_timeout:
             return CloseDecision(CLOSE_GOING_AWAY, "Going away")
         if now >= conn.last_active_ms / 1000 + self.idle_timeout:
@@ -232,7 +258,7 @@ class ManagementApi:
     """The ``@connections`` API: POST, GET and DELETE on ``/@connections/{connectionId}``."""
 
     def __init__(
-        self, registry: ConnectionRegistry, limits: Limits, chaos: Chaos, clock: Clock
+        self, registry: ConnectionRegistry[Any], limits: Limits, chaos: Chaos, clock: Clock
     ) -> None:
         self.registry = registry
         self.limits = limits
@@ -284,3 +310,56 @@ def connect_status(response: object) -> int:
         except (TypeError, ValueError):
             return 502
     return 200
+
+
+# ----- decisions the server carries out -----------------------------------------------------------
+
+
+def client_close_decision(code: int | None, reason: str) -> CloseDecision:
+    """The ``$disconnect`` status/reason for a close the client started (1005 when it sent no
+    code, with API Gateway's reason text)."""
+    if not code or code == CLOSE_NO_STATUS:
+        return CloseDecision(CLOSE_NO_STATUS, "Client-side close frame status not set")
+    return CloseDecision(code, reason)
+
+
+def connect_headers(headers: Iterable[tuple[str, str]], peer: str, port: int | None,
+                    scheme: str) -> list[tuple[str, str]]:
+    """The ``$connect`` event's headers: the client's, plus the ``X-Forwarded-For/Port/Proto``
+    API Gateway adds when the client did not send them."""
+    result = list(headers)
+    present = {name.lower() for name, _ in result}
+    for name, value in (("X-Forwarded-For", peer), ("X-Forwarded-Port", str(port or "")),
+                        ("X-Forwarded-Proto", scheme)):
+        if name.lower() not in present:
+            result.append((name, value))
+    return result
+
+
+@dataclass(frozen=True)
+class ConnectDecision:
+    """Whether the upgrade goes ahead; when refused, the HTTP answer to give instead."""
+
+    accept: bool
+    status: int = 200
+    body: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+#: A ``$connect`` that raised, timed out or could not run: API Gateway answers 502.
+CONNECT_FAILED = ConnectDecision(False, 502, json.dumps({"message": "Internal server error"}),
+                                 {"Content-Type": "application/json"})
+
+
+def connect_decision(response: object) -> ConnectDecision:
+    """Map a ``$connect`` handler's response to accept/refuse, like API Gateway: no response
+    or 2xx accepts; any other ``statusCode`` refuses with it (body and headers passed on)."""
+    status = connect_status(response)
+    if is_success(status):
+        return ConnectDecision(True, status)
+    body = response.get("body") if isinstance(response, dict) else None
+    headers = response.get("headers") if isinstance(response, dict) else None
+    return ConnectDecision(
+        False, status, body if isinstance(body, str) else None,
+        {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else None,
+    )

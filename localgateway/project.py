@@ -6,8 +6,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from chalice.app import Chalice, ScheduledEventConfig, SQSEventConfig
@@ -15,13 +15,14 @@ from chalice.cli.factory import CLIFactory
 from chalice.config import Config
 from chalice.local import LocalChalice
 
+from localgateway.containers import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_SECONDS, FunctionSettings
+from localgateway.worker import REST_FUNCTION
+
 LOG = logging.getLogger("localgateway")
 
 QUEUE_URL_SUFFIX = "_QUEUE_URL"
-
-
-def default_store_url(project_dir: str) -> str:
-    return "sqlite:///" + os.path.join(os.path.abspath(project_dir), ".local", "connections.db")
+#: The variable every app gets: the local management API (``@connections``) endpoint.
+MANAGEMENT_ENDPOINT_VARIABLE = "WS_MANAGEMENT_ENDPOINT"
 
 
 def queue_name_of(value: str) -> str:
@@ -29,31 +30,96 @@ def queue_name_of(value: str) -> str:
     return value.rstrip("/").rsplit("/", 1)[-1]
 
 
+def _optional_int(value: object) -> int | None:
+    return None if value is None else int(str(value))
+
+
+class EnvFileError(ValueError):
+    """An ``--env-file`` line that is not ``NAME=VALUE`` (the message names file and line)."""
+
+
+def parse_env_file(text: str, source: str = "env file") -> dict[str, str]:
+    """``NAME=VALUE`` lines (``export`` prefix, ``#`` comments, blank lines and matching quotes
+    allowed), like docker's and dotenv's files. Raises :class:`EnvFileError`."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise EnvFileError(f"{source}:{number}: expected NAME=VALUE, got {raw.strip()!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name] = value
+    return values
+
+
+def read_env_files(paths: Sequence[str], project_dir: str) -> dict[str, str]:
+    """The variables of ``--env-file`` files (relative to ``project_dir``), later files winning.
+
+    Raises :class:`EnvFileError` for a missing or unreadable file, or a bad line.
+    """
+    values: dict[str, str] = {}
+    for path in paths:
+        try:
+            with open(os.path.join(project_dir, path), encoding="utf-8") as f:
+                values.update(parse_env_file(f.read(), path))
+        except OSError as exc:
+            raise EnvFileError(f"{path}: {exc.strerror}") from None
+    return values
+
+
+@dataclass(frozen=True)
+class LocalEnvironment:
+    """Where the variables an app sees come from, lowest precedence first:
+
+    1. the gateway's own environment (``process``: credentials, ``PATH``...), inherited;
+    2. the configuration's ``environment_variables`` (stage, then the function's own);
+    3. ``--env-file`` (``env_file``);
+    4. a variable set in the gateway's own environment overrides 2 and 3 (an explicit
+       ``NAME=value make run`` wins over the files);
+    5. what the gateway provides (``provided``: ``WS_MANAGEMENT_ENDPOINT``, the local service
+       endpoints), and every ``*_QUEUE_URL`` that names a local queue, rewritten to its URL.
+    """
+
+    process: Mapping[str, str]
+    provided: Mapping[str, str]
+    env_file: Mapping[str, str] = field(default_factory=dict)
+    local_queue_urls: Mapping[str, str] = field(default_factory=dict)
+
+    def variables(self, config_env: Mapping[str, str]) -> dict[str, str]:
+        """The variables set on top of the inherited environment, for ``config_env``."""
+        env = {**config_env, **self.env_file}
+        for name in env:
+            if name in self.process:
+                env[name] = self.process[name]
+        for name, value in list(env.items()):
+            if name.endswith(QUEUE_URL_SUFFIX) and queue_name_of(value) in self.local_queue_urls:
+                env[name] = self.local_queue_urls[queue_name_of(value)]
+        env.update(self.provided)
+        return env
+
+    def full(self, config_env: Mapping[str, str]) -> dict[str, str]:
+        """The complete environment of a container for ``config_env``."""
+        return {**self.process, **self.variables(config_env)}
+
+
 def compute_environment(
     stage_env: Mapping[str, str],
     process_env: Mapping[str, str],
-    project_dir: str,
-    management_endpoint: str,
+    provided: Mapping[str, str],
+    env_file: Mapping[str, str] | None = None,
     local_queue_urls: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment variables the app sees, on top of the stage configuration.
-
-    * ``WS_MANAGEMENT_ENDPOINT``: the local management API;
-    * ``CONNECTIONS_STORE``: the process environment's value if set, else a local SQLite file;
-    * every ``*_QUEUE_URL`` stage variable naming a local queue is rewritten to its local URL.
-    """
-    env = dict(stage_env)
-    env["WS_MANAGEMENT_ENDPOINT"] = management_endpoint
-    if process_env.get("CONNECTIONS_STORE"):
-        env["CONNECTIONS_STORE"] = process_env["CONNECTIONS_STORE"]
-    else:
-        env["CONNECTIONS_STORE"] = default_store_url(project_dir)
-    for name, value in list(env.items()):
-        if name.endswith(QUEUE_URL_SUFFIX) and local_queue_urls:
-            queue = queue_name_of(value)
-            if queue in local_queue_urls:
-                env[name] = local_queue_urls[queue]
-    return env
+    """The variables the app sees on top of the inherited environment (see
+    :class:`LocalEnvironment` for the precedence)."""
+    return LocalEnvironment(process_env, provided, env_file or {},
+                            local_queue_urls or {}).variables(stage_env)
 
 
 def offline_aws_defaults(environ: MutableMapping[str, str]) -> dict[str, str]:
@@ -115,6 +181,23 @@ class Functions:
     sqs: dict[str, list[str]]  # queue name -> handler names
     sqs_batch_size: dict[str, int]
     schedules: list[str]
+    #: Whether the app has REST routes (Chalice deploys them all as one ``api_handler``).
+    rest: bool = False
+    #: Other handlers (``@app.lambda_function``, S3/SNS/... event sources), by name.
+    others: tuple[str, ...] = ()
+
+    def websocket(self) -> list[str]:
+        """The WebSocket functions (``$connect``, ``$default``, ``$disconnect``) present."""
+        return [n for n in (self.connect, self.message, self.disconnect) if n]
+
+    def all_names(self) -> list[str]:
+        """Every Lambda function of the app, ``api_handler`` included when it has routes."""
+        names = [*self.websocket(), *(n for ns in self.sqs.values() for n in ns),
+                 *self.schedules]
+        names.extend(self.others)
+        if self.rest:
+            names.append(REST_FUNCTION)
+        return list(dict.fromkeys(names))
 
     @classmethod
     def of(cls, app: Chalice) -> Functions:
@@ -141,6 +224,12 @@ class Functions:
             sqs=sqs,
             sqs_batch_size=batch,
             schedules=schedules,
+            rest=bool(app.routes),
+            others=tuple(
+                n for n in app.handler_map
+                if n not in {name("$connect"), name("$default"), name("$disconnect"),
+                             *batch, *schedules}
+            ),
         )
 
 
@@ -154,8 +243,9 @@ class Project:
         self.config: Config = self.factory.create_config_obj(chalice_stage_name=stage)
         self._lock = threading.Lock()
         self._app: Chalice | None = None
+        self._functions: tuple[Chalice, Functions] | None = None
         self.environment: dict[str, str] = {}
-        self.management_endpoint = ""
+        self.local_environment = LocalEnvironment(dict(os.environ), {})
 
     @property
     def api_gateway_stage(self) -> str:
@@ -172,46 +262,78 @@ class Project:
                 raise RuntimeError("app not loaded")
             return self._app
 
-    def _purge_modules(self) -> None:
-        """Forget the app's own modules so the next import re-reads them.
+    def _purge_modules(self) -> dict[str, Any]:
+        """Forget the app's own modules so the next import re-reads them; returns them.
 
         Only modules of the project itself: never the gateway, nor anything installed (a
         virtualenv inside the project directory is common).
         """
+        purged: dict[str, Any] = {}
         for name, module in list(sys.modules.items()):
             path = getattr(module, "__file__", None) or ""
             if name == "app" or (path and is_project_module(os.path.abspath(path),
                                                             self.project_dir)):
-                del sys.modules[name]
+                purged[name] = sys.modules.pop(name)
+        return purged
 
-    def load(self, environment: Mapping[str, str], management_endpoint: str) -> Chalice:
-        """(Re)import ``app.py`` with ``environment`` applied to ``os.environ`` first."""
-        self.environment = dict(environment)
-        self.management_endpoint = management_endpoint
+    def load(self, local_environment: LocalEnvironment) -> Chalice:
+        """(Re)import ``app.py`` with the stage's variables applied to ``os.environ`` first.
+
+        Raises whatever the import raises; the previous app and its modules are then restored,
+        so its handlers' lazy imports keep working.
+        """
+        self.local_environment = local_environment
+        self.environment = local_environment.variables(self.stage_environment)
         os.environ.update(self.environment)
-        self._purge_modules()
-        app = _localize(self.factory.load_chalice_app(environment_variables=self.environment))
+        purged = self._purge_modules()
+        # The project's app.py, never one in the current directory (python -m puts it first).
+        if not sys.path or sys.path[0] != self.project_dir:
+            sys.path.insert(0, self.project_dir)
+        try:
+            loaded = self.factory.load_chalice_app(environment_variables=self.environment)
+        except BaseException:
+            self._purge_modules()
+            sys.modules.update(purged)
+            raise
+        app = _localize(loaded)
         # Chalice's own app.websocket_api would otherwise build an execute-api URL from apiId.
+        endpoint = local_environment.provided.get(MANAGEMENT_ENDPOINT_VARIABLE)
         ws_api = getattr(app, "websocket_api", None)
-        if ws_api is not None and management_endpoint:
-            ws_api._endpoint = management_endpoint
+        if ws_api is not None and endpoint:
+            ws_api._endpoint = endpoint
             ws_api._client = None
         with self._lock:
             self._app = app
         return app
 
     def reload(self) -> Chalice:
-        """Re-read the stage configuration and re-import the app (old app kept on failure)."""
-        config = self.factory.create_config_obj(chalice_stage_name=self.stage)
-        env = dict(self.environment)
-        for key, value in config.environment_variables.items():
-            if key in ("WS_MANAGEMENT_ENDPOINT", "CONNECTIONS_STORE"):
-                continue
-            if key.endswith(QUEUE_URL_SUFFIX) and key in self.environment:
-                continue
-            env[key] = value
-        self.config = config
-        return self.load(env, self.management_endpoint)
+        """Re-read the configuration and re-import the app (old app kept on failure)."""
+        previous = self.config
+        self.config = self.factory.create_config_obj(chalice_stage_name=self.stage)
+        try:
+            return self.load(self.local_environment)
+        except BaseException:
+            self.config = previous
+            raise
 
     def functions(self) -> Functions:
-        return Functions.of(self.app)
+        """The current app's functions (computed once per loaded app: called per event)."""
+        app = self.app
+        cached = self._functions
+        if cached is None or cached[0] is not app:
+            cached = self._functions = (app, Functions.of(app))
+        return cached[1]
+
+    def function_settings(self, name: str) -> FunctionSettings:
+        """Timeout, memory and environment of the Lambda function ``name``, scoped the Chalice
+        way: top level, then the stage, then the stage's ``lambda_functions.NAME``."""
+        scoped = self.config.scope(self.stage, name)
+        timeout = scoped.lambda_timeout
+        memory = scoped.lambda_memory_size
+        return FunctionSettings(
+            name=name,
+            timeout_seconds=float(timeout) if timeout else DEFAULT_TIMEOUT_SECONDS,
+            memory_mb=int(memory) if memory else DEFAULT_MEMORY_MB,
+            environment=self.local_environment.full(dict(scoped.environment_variables)),
+            reserved_concurrency=_optional_int(scoped.reserved_concurrency),
+        )

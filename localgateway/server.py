@@ -6,7 +6,7 @@ One aiohttp application on the WebSocket port serves:
 * ``POST|GET|DELETE /{stage}/@connections/{id}`` (also ``%40connections``) - management API;
 * ``POST /_gateway/schedule/{function}`` - run an ``@app.schedule`` handler now;
 * ``GET /_gateway/health`` - readiness probe;
-* ``GET /`` and ``GET /static/{file}`` - files from ``localgateway/static/`` if present.
+* ``GET /`` and ``GET /static/{file}`` - files of the ``--static`` directory, if given.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from localgateway.core import (
     CLOSE_ABNORMAL,
     CLOSE_MESSAGE_TOO_BIG,
-    CLOSE_NO_STATUS,
+    CONNECT_FAILED,
     Chaos,
     CloseConnection,
     CloseDecision,
@@ -35,9 +35,10 @@ from localgateway.core import (
     ManagementApi,
     SendFrame,
     State,
-    connect_status,
+    client_close_decision,
+    connect_decision,
+    connect_headers,
     gone,
-    is_success,
 )
 from localgateway.events import (
     Clock,
@@ -53,7 +54,6 @@ from localgateway.project import Functions
 
 LOG = logging.getLogger("localgateway")
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "application/javascript; charset=utf-8",
@@ -72,7 +72,30 @@ class ServerSettings:
     max_workers: int = 8
     queue_length: int = 64
     schedule_interval: float = 0.0
-    static_dir: str = STATIC_DIR
+    #: ``--static DIR``: served at ``/`` (``index.html``) and ``/static/FILE``; None = 404.
+    static_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    """Inbox: a client frame for ``$default``."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    """Inbox: the connection closed; run ``$disconnect`` with this status, then stop."""
+
+    decision: CloseDecision
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Inbox: the connection closed and ``$disconnect`` is skipped (chaos); stop."""
+
+
+InboxItem = Message | Disconnect | Stop
 
 
 @dataclass
@@ -81,7 +104,7 @@ class Session:
 
     facts: ConnectionFacts
     ws: web.WebSocketResponse
-    inbox: asyncio.Queue[tuple[str, Any]]
+    inbox: asyncio.Queue[InboxItem]
     close_decision: CloseDecision | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -112,9 +135,8 @@ class GatewayServer:
         self.clock = clock
         self.ids = ids
         self.settings = settings
-        self.registry = ConnectionRegistry()
+        self.registry: ConnectionRegistry[Session] = ConnectionRegistry()
         self.management = ManagementApi(self.registry, limits, chaos, clock)
-        self.sessions: dict[str, Session] = {}
         self.pool = ThreadPoolExecutor(
             max_workers=settings.max_workers, thread_name_prefix="lambda"
         )
@@ -144,7 +166,7 @@ class GatewayServer:
     async def _on_shutdown(self, app: web.Application) -> None:
         going_away = CloseDecision(int(WSCloseCode.GOING_AWAY), "Going away")
         await asyncio.gather(
-            *(self._close(session, going_away) for session in list(self.sessions.values())),
+            *(self._close(session, going_away) for session in self.registry.handles()),
             return_exceptions=True,
         )
         for task in list(self._background):
@@ -191,8 +213,7 @@ class GatewayServer:
         )
         await ws.prepare(request)
         session = Session(facts, ws, asyncio.Queue(maxsize=self.settings.queue_length))
-        self.sessions[cid] = session
-        self.registry.mark_open(cid)
+        self.registry.mark_open(cid, session)
         LOG.info("connected %s from %s", cid, peer)
         session.tasks.append(self._spawn(self._worker(session)))
         session.tasks.append(self._spawn(self._watchdog(session)))
@@ -206,37 +227,24 @@ class GatewayServer:
         """Run ``$connect`` for a request; the refusal response, or None when accepted."""
         cid = facts.connection_id
         functions = self.functions()
-        if functions.connect:
-            peer = facts.source_ip
-            headers = list(request.headers.items())
-            present = {name.lower() for name, _ in headers}
-            for name, value in (
-                ("X-Forwarded-For", peer),
-                ("X-Forwarded-Port", str(request.url.port or "")),
-                ("X-Forwarded-Proto", request.scheme),
-            ):
-                if name.lower() not in present:
-                    headers.append((name, value))
-            event = self.events.connect(facts, headers, list(request.query.items()))
-            try:
-                response = await self.run(functions.connect, event)
-            except InvocationError as exc:
-                LOG.error("$connect %s raised; refusing with 502:\n%s", cid, exc.details)
-                self.registry.remove(cid)
-                return web.json_response({"message": "Internal server error"}, status=502)
-            except UnknownFunctionError:
-                response = {"statusCode": 200}
-            status = connect_status(response)
-            if not is_success(status):
-                LOG.info("$connect %s refused with %d", cid, status)
-                self.registry.remove(cid)
-                body = response.get("body") if isinstance(response, dict) else None
-                return web.Response(
-                    status=status,
-                    text=body if isinstance(body, str) else None,
-                    headers=_string_headers(response.get("headers")),
-                )
-        return None
+        if not functions.connect:
+            return None
+        headers = connect_headers(request.headers.items(), facts.source_ip, request.url.port,
+                                  request.scheme)
+        event = self.events.connect(facts, headers, list(request.query.items()))
+        try:
+            decision = connect_decision(await self.run(functions.connect, event))
+        except InvocationError as exc:
+            LOG.error("$connect %s failed; refusing with 502: %s", cid, exc.details or exc)
+            decision = CONNECT_FAILED
+        except UnknownFunctionError:
+            decision = connect_decision(None)
+        if decision.accept:
+            return None
+        LOG.info("$connect %s refused with %d", cid, decision.status)
+        self.registry.remove(cid)
+        return web.Response(status=decision.status, text=decision.body,
+                            headers=dict(decision.headers) if decision.headers else None)
 
     async def _read_loop(self, session: Session) -> CloseDecision:
         ws = session.ws
@@ -252,13 +260,10 @@ class GatewayServer:
                     await self._close(session, too_big)
                     continue
                 self.registry.touch(session.connection_id, epoch_ms(self.clock))
-                await session.inbox.put(("message", data))
+                await session.inbox.put(Message(data))
             elif msg.type == WSMsgType.CLOSE:
-                code = int(msg.data) if msg.data else CLOSE_NO_STATUS
-                reason = msg.extra or ""
-                if code == CLOSE_NO_STATUS:
-                    reason = "Client-side close frame status not set"
-                return session.close_decision or CloseDecision(code, reason)
+                return session.close_decision or client_close_decision(
+                    int(msg.data) if msg.data else None, msg.extra or "")
             elif msg.type == WSMsgType.ERROR:
                 code = int(getattr(msg.data, "code", CLOSE_ABNORMAL) or CLOSE_ABNORMAL)
                 if code == CLOSE_MESSAGE_TOO_BIG:
@@ -283,33 +288,30 @@ class GatewayServer:
         LOG.info("closed %s (%d %s)", cid, decision.code, decision.reason)
         if self.chaos.should_drop_disconnect():
             LOG.info("chaos: dropping $disconnect for %s", cid)
-            await session.inbox.put(("stop", None))
+            await session.inbox.put(Stop())
         else:
-            await session.inbox.put(("disconnect", decision))
+            await session.inbox.put(Disconnect(decision))
 
     async def _worker(self, session: Session) -> None:
         """Runs one connection's events in order."""
         cid = session.connection_id
         try:
             while True:
-                kind, payload = await session.inbox.get()
+                item = await session.inbox.get()
                 functions = self.functions()
-                if kind == "message":
+                if isinstance(item, Message):
                     if functions.message:
-                        await self._message(session, functions.message, payload)
-                elif kind == "disconnect":
-                    if functions.disconnect:
-                        event = self.events.disconnect(session.facts, payload.code, payload.reason)
-                        try:
-                            await self.run(functions.disconnect, event)
-                        except (InvocationError, UnknownFunctionError) as exc:
-                            LOG.error("$disconnect %s failed: %s", cid,
-                                      getattr(exc, "details", exc))
-                    return
-                else:
-                    return
+                        await self._message(session, functions.message, item.data)
+                    continue
+                if isinstance(item, Disconnect) and functions.disconnect:
+                    event = self.events.disconnect(session.facts, item.decision.code,
+                                                   item.decision.reason)
+                    try:
+                        await self.run(functions.disconnect, event)
+                    except (InvocationError, UnknownFunctionError) as exc:
+                        LOG.error("$disconnect %s failed: %s", cid, getattr(exc, "details", exc))
+                return
         finally:
-            self.sessions.pop(cid, None)
             self.registry.remove(cid)
             for task in session.tasks:
                 if task is not asyncio.current_task():
@@ -355,7 +357,7 @@ class GatewayServer:
         body = await request.read()
         result = self.management.handle(request.method, cid, body)
         action = result.action
-        session = self.sessions.get(cid)
+        session = self.registry.handle(cid)
         if action is not None and session is None:
             result = gone(cid)
         elif isinstance(action, SendFrame) and session is not None:
@@ -426,6 +428,8 @@ class GatewayServer:
         return self._file(request.match_info["name"])
 
     def _file(self, name: str) -> web.StreamResponse:
+        if self.settings.static_dir is None:
+            return web.Response(status=404, text=f"404: {name} not found (no --static DIR)\n")
         root = os.path.realpath(self.settings.static_dir)
         path = os.path.realpath(os.path.join(root, name))
         if not path.startswith(root + os.sep) or not os.path.isfile(path):
@@ -436,12 +440,6 @@ class GatewayServer:
             # Explicit: ES modules must not depend on the host's mimetypes table.
             headers["Content-Type"] = content_type
         return web.FileResponse(path, headers=headers)
-
-
-def _string_headers(headers: Any) -> dict[str, str] | None:
-    if not isinstance(headers, dict):
-        return None
-    return {str(k): str(v) for k, v in headers.items()}
 
 
 def render_json(value: Any) -> str:

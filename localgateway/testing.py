@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -26,6 +27,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 STARTUP_TIMEOUT = 60.0
+#: Flags appended to every gateway started here, e.g. ``LOCALGATEWAY_TEST_ARGS=--in-process``
+#: to run a whole test suite against the single-process mode.
+EXTRA_ARGS_VARIABLE = "LOCALGATEWAY_TEST_ARGS"
 STOP_TIMEOUT = 10.0
 
 T = TypeVar("T")
@@ -132,8 +136,9 @@ def running_gateway(
 ) -> Iterator[Gateway]:
     """Start the gateway for ``project_dir`` on free ports, wait until it listens, stop it.
 
-    ``--no-reload`` is passed unless ``reload`` is true.  ``port``/``ws_port`` pin the ports
-    (a restart test starts a second gateway where clients reconnect); free ones otherwise.
+    ``--no-reload`` is passed unless ``reload`` is true; the flags in the environment variable
+    ``LOCALGATEWAY_TEST_ARGS`` (of the test process) are appended.  ``port``/``ws_port`` pin the
+    ports (a restart test starts a second gateway where clients reconnect); free ones otherwise.
     """
     project_dir = os.path.abspath(project_dir)
     port = port or free_port()
@@ -143,7 +148,8 @@ def running_gateway(
     stage = api_gateway_stage(project_dir)
     cmd = [python, "-m", "localgateway", "--project-dir", project_dir,
            "--port", str(port), "--ws-port", str(ws_port),
-           *([] if reload else ["--no-reload"]), *extra_args]
+           *([] if reload else ["--no-reload"]), *extra_args,
+           *shlex.split(os.environ.get(EXTRA_ARGS_VARIABLE, ""))]
     child_env = dict(os.environ if env is None else env)
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-MIN_SECRET_BYTES = 32  # as chalicelib.settings.MIN_SECRET_BYTES
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key is at least 256 bits
 
 
 def build_parser() -> argparse.ArgumentParser:

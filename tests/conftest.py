@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
+from localgateway.pytest_plugin import TestConnection, WebSocketTestClient
 from tests.support.aws import offline_aws
-from tests.support.events import connect_event, disconnect_event, message_event, new_connection_id
+from tests.support.events import EVENTS, SOURCE_IP, disconnect_event, message_event
 from tests.support.management_api import FakeManagementApi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,21 +48,30 @@ def management_api() -> Iterator[FakeManagementApi]:
 
 
 class AppHarness:
-    """Drives the Chalice app's handlers the way Lambda would, and reads the results."""
+    """Drives the Chalice app's handlers the way Lambda would, and reads the results.
+
+    Built on the gateway's pytest plugin client (:class:`WebSocketTestClient`): the same event
+    builder and the same recording management API as any app using the plugin.
+    """
 
     def __init__(self, client: Client, api: FakeManagementApi) -> None:
+        from app import app
+
         self.client = client
         self.api = api
+        self.ws = WebSocketTestClient(client, app, api, events=EVENTS)
+        self._connections: dict[str, TestConnection] = {}
 
     def invoke(self, function: str, event: dict[str, Any]) -> Any:
-        return self.client.lambda_.invoke(function, event).payload
+        return self.ws.invoke(function, event)
 
-    def connect(self, **kwargs: Any) -> str:
-        connection_id = new_connection_id()
-        self.api.open(connection_id)
-        response = self.invoke("connect", connect_event(connection_id, **kwargs))
-        assert response == {"statusCode": 200}
-        return connection_id
+    def connect(self, headers: dict[str, str] | None = None,
+                query: dict[str, str] | None = None) -> str:
+        connection = self.ws.new_connection(SOURCE_IP)
+        connection = self.ws.connect(headers=headers, query=query, connection=connection)
+        assert connection.connect_response == {"statusCode": 200}
+        self._connections[connection.connection_id] = connection
+        return connection.connection_id
 
     def send(self, connection_id: str, body: str | bytes | dict[str, Any], **kw: Any) -> Any:
         """Send a frame and return the last frame the connection received."""
@@ -76,8 +86,11 @@ class AppHarness:
         return frames[-1]
 
     def disconnect(self, connection_id: str) -> Any:
-        self.api.close(connection_id)
-        return self.invoke("disconnect", disconnect_event(connection_id))
+        connection = self._connections.get(connection_id)
+        if connection is None:
+            self.api.close(connection_id)
+            return self.invoke("disconnect", disconnect_event(connection_id))
+        return self.ws.disconnect(connection, 1005, "Client-side close frame status not set")
 
     def join(self, connection_id: str, room: str) -> Any:
         return self.send(connection_id, {"action": "join", "room": room})

@@ -73,6 +73,7 @@ def start_gateway(ports: Ports, gateway_env: dict[str, str]) -> StartGateway:
 
     def start(project_dir: Path = ROOT, **env: str) -> contextlib.AbstractContextManager[Gateway]:
         return running_gateway(str(project_dir), env={**gateway_env, **env},
+                               extra_args=["--static", str(ROOT / "web")],
                                port=ports.rest, ws_port=ports.ws)
 
     return start

@@ -24,7 +24,7 @@ def main(output: Path) -> None:
     expect.set_options(timeout=WAIT_MS)
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
         env = {**os.environ, "CONNECTIONS_STORE": f"sqlite:///{tmp}/connections.db"}
-        with running_gateway(str(ROOT), env=env) as gateway:
+        with running_gateway(str(ROOT), env=env, extra_args=["--static", "web"]) as gateway:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 1100, "height": 800})
             alice, bob = context.new_page(), context.new_page()

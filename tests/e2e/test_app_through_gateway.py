@@ -34,7 +34,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     """The app on the `test` stage: no welcome queue, so the welcome comes with a first reply."""
-    with running_gateway(str(ROOT), extra_args=["--stage", "test"], env=_env(tmp_path)) as gw:
+    with running_gateway(str(ROOT), extra_args=["--stage", "test", "--static", "web"],
+                         env=_env(tmp_path)) as gw:
         yield gw
 
 
@@ -204,3 +205,19 @@ def test_a_large_room_is_delivered_by_fan_out_workers_through_the_gateway(
 
         asyncio.run(scenario())
         assert "Traceback" not in gw.log()
+
+
+def test_a_bad_setting_fails_the_start_naming_the_variable_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from localgateway.testing import free_port
+
+    env = _env(tmp_path, WS_RATE_LIMIT="abc", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "localgateway", "--project-dir", str(ROOT), "--env-file",
+         "local.env", "--no-reload", "--port", str(free_port()), "--ws-port", str(free_port())],
+        capture_output=True, text=True, timeout=90, env=env, cwd=str(ROOT))
+    assert result.returncode == 1
+    assert "Gateway ready" not in result.stdout
+    assert result.stderr.count("WS_RATE_LIMIT='abc' is not an integer") == 1, result.stderr

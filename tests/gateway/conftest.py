@@ -41,7 +41,7 @@ def echo_gateway(echo_record_file: Path, tmp_path_factory: pytest.TempPathFactor
                  ) -> Iterator[Gateway]:
     """One gateway for the echo fixture project, shared by the tests with default settings."""
     env = _env_with(ECHO_RECORD_FILE=str(echo_record_file))
-    with running_gateway(str(ECHO), env=env) as gateway:
+    with running_gateway(str(ECHO), env=env, extra_args=["--env-file", "local.env"]) as gateway:
         yield gateway
 
 

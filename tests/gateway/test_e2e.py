@@ -131,8 +131,10 @@ def test_environment_seen_by_handlers(echo_gateway: Gateway) -> None:
 
     env = run(scenario())
     assert env["WS_MANAGEMENT_ENDPOINT"] == echo_gateway.management_endpoint
-    assert env["CONNECTIONS_STORE"].startswith("sqlite:///")
-    assert env["CONNECTIONS_STORE"].endswith("/echo/.local/connections.db")
+    assert env["AWS_ENDPOINT_URL_APIGATEWAYMANAGEMENTAPI"] == echo_gateway.management_endpoint
+    # --env-file wins over the stage's value ("dynamodb://should-be-overridden-locally").
+    assert env["CONNECTIONS_STORE"] == "sqlite:///.local/connections.db"
+    assert env["ECHO_ENV_FILE_VAR"] == "from-env-file"
     assert env["FOLLOWUP_QUEUE_URL"].startswith(env["AWS_ENDPOINT_URL_SQS"])
     assert env["FOLLOWUP_QUEUE_URL"].endswith("/echo-followup")
     assert env["ECHO_STAGE_VAR"] == "from-stage-config"
@@ -362,14 +364,29 @@ def test_schedule_trigger(echo_gateway: Gateway, echo_record_file: Path) -> None
     assert info.value.code == 404
 
 
-def test_index_page_served_or_404(echo_gateway: Gateway) -> None:
-    index = Path(__file__).resolve().parents[2] / "localgateway" / "static" / "index.html"
-    try:
-        with urllib.request.urlopen(echo_gateway.gateway_url + "/", timeout=10) as response:
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    assert status == (200 if index.exists() else 404)
+def test_no_static_directory_means_404(echo_gateway: Gateway) -> None:
+    for path in ("/", "/static/client.js"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(echo_gateway.gateway_url + path, timeout=10)
+        assert info.value.code == 404
+    assert "Demo page" not in echo_gateway.log()
+
+
+def test_static_directory_is_served(gateway_with: StartWith, tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html>hello</html>")
+    (site / "lib.js").write_text("export const x = 1;")
+    (tmp_path / "secret.txt").write_text("outside")
+    with gateway_with("--static", str(site)) as gateway:
+        with urllib.request.urlopen(gateway.gateway_url + "/", timeout=10) as response:
+            assert response.read() == b"<html>hello</html>"
+        with urllib.request.urlopen(gateway.gateway_url + "/static/lib.js", timeout=10) as js:
+            assert js.headers["Content-Type"].startswith("application/javascript")
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(gateway.gateway_url + "/static/..%2Fsecret.txt", timeout=10)
+        assert info.value.code == 404
+        assert "Demo page:" in gateway.log()
 
 
 # ----- dedicated gateways (timeouts and chaos) ----------------------------------------------------

@@ -12,12 +12,17 @@ import pytest
 from chalice import Chalice, Rate
 
 from localgateway.core import (
+    CONNECT_FAILED,
     Chaos,
     CloseConnection,
+    CloseDecision,
     ConnectionRegistry,
     Limits,
     ManagementApi,
     SendFrame,
+    client_close_decision,
+    connect_decision,
+    connect_headers,
     connect_status,
 )
 from localgateway.events import (
@@ -33,9 +38,11 @@ from localgateway.events import (
 )
 from localgateway.invoker import InProcessInvoker, InvocationError, UnknownFunctionError
 from localgateway.project import (
+    EnvFileError,
     Functions,
     compute_environment,
     is_project_module,
+    parse_env_file,
     queue_name_of,
 )
 
@@ -269,6 +276,37 @@ def test_limits_timeouts(facts: ConnectionFacts) -> None:
     assert limits.next_deadline(conn) == start + 100
 
 
+def test_connect_decision_maps_responses_like_api_gateway() -> None:
+    assert connect_decision(None).accept and connect_decision({"statusCode": 204}).accept
+    refused = connect_decision({"statusCode": 403, "body": "no", "headers": {"X-A": 1}})
+    assert (refused.accept, refused.status, refused.body) == (False, 403, "no")
+    assert refused.headers == {"X-A": "1"}
+    assert connect_decision({"statusCode": "oops"}).status == 502
+    assert (CONNECT_FAILED.accept, CONNECT_FAILED.status) == (False, 502)
+    assert json.loads(CONNECT_FAILED.body or "") == {"message": "Internal server error"}
+
+
+def test_client_close_and_connect_headers() -> None:
+    assert client_close_decision(None, "") == CloseDecision(
+        1005, "Client-side close frame status not set")
+    assert client_close_decision(4000, "bye") == CloseDecision(4000, "bye")
+    headers = connect_headers([("Host", "h"), ("x-forwarded-for", "1.2.3.4")], "127.0.0.1",
+                              8001, "http")
+    assert headers == [("Host", "h"), ("x-forwarded-for", "1.2.3.4"),
+                       ("X-Forwarded-Port", "8001"), ("X-Forwarded-Proto", "http")]
+
+
+def test_registry_holds_the_transport_handle(facts: ConnectionFacts) -> None:
+    registry: ConnectionRegistry[str] = ConnectionRegistry()
+    registry.add(facts, "ua")
+    assert registry.handle(facts.connection_id) is None  # CONNECTING: nothing attached yet
+    registry.mark_open(facts.connection_id, "session")
+    assert registry.handle(facts.connection_id) == "session"
+    assert registry.handles() == ["session"]
+    registry.remove(facts.connection_id)
+    assert registry.handle(facts.connection_id) is None and registry.handles() == []
+
+
 def test_connect_status() -> None:
     assert connect_status({"statusCode": 401}) == 401
     assert connect_status({}) == 200
@@ -279,19 +317,35 @@ def test_connect_status() -> None:
 # ----- project / invoker ------------------------------------------------------------------------
 
 
-def test_compute_environment_overrides() -> None:
+def test_compute_environment_precedence() -> None:
     stage = {"A_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/welcome",
              "B_QUEUE_URL": "welcome", "C_QUEUE_URL": "other", "D": "welcome",
-             "CONNECTIONS_STORE": "dynamodb://table"}
+             "STORE": "dynamodb://table", "LEVEL": "INFO", "FILE_ONLY": "stage"}
     local = {"welcome": "http://127.0.0.1:5/123456789012/welcome"}
-    env = compute_environment(stage, {}, "/proj", "http://127.0.0.1:8001/api", local)
+    provided = {"WS_MANAGEMENT_ENDPOINT": "http://127.0.0.1:8001/api"}
+    env_file = {"STORE": "sqlite:///x.db", "FILE_ONLY": "file"}
+    env = compute_environment(stage, {"LEVEL": "DEBUG", "UNRELATED": "u"}, provided, env_file,
+                              local)
     assert env["A_QUEUE_URL"] == env["B_QUEUE_URL"] == local["welcome"]
     assert env["C_QUEUE_URL"] == "other" and env["D"] == "welcome"
-    assert env["CONNECTIONS_STORE"] == "sqlite:////proj/.local/connections.db"
+    assert env["STORE"] == "sqlite:///x.db" and env["FILE_ONLY"] == "file"  # file > stage
+    assert env["LEVEL"] == "DEBUG"  # the gateway's own environment > files
+    assert "UNRELATED" not in env  # inherited, not set on top
     assert env["WS_MANAGEMENT_ENDPOINT"] == "http://127.0.0.1:8001/api"
-    env = compute_environment(stage, {"CONNECTIONS_STORE": "memory://"}, "/proj", "x")
-    assert env["CONNECTIONS_STORE"] == "memory://"
+    # What the gateway provides always wins.
+    env = compute_environment({"WS_MANAGEMENT_ENDPOINT": "x"}, {"WS_MANAGEMENT_ENDPOINT": "y"},
+                              provided)
+    assert env["WS_MANAGEMENT_ENDPOINT"] == "http://127.0.0.1:8001/api"
     assert queue_name_of("https://sqs.x/1/q.fifo") == "q.fifo"
+
+
+def test_env_file_syntax() -> None:
+    text = "# comment\n\nA=1\nexport B = two words \nC=\"quoted = x\"\nD='s'\nE=\n"
+    assert parse_env_file(text) == {"A": "1", "B": "two words", "C": "quoted = x", "D": "s",
+                                    "E": ""}
+    for bad in ("no-equals", "1A=x", "A-B=x", "=x"):
+        with pytest.raises(EnvFileError, match=":1: expected NAME=VALUE"):
+            parse_env_file(bad, "f.env")
 
 
 def make_app() -> Chalice:
@@ -356,3 +410,45 @@ def test_reload_purges_only_project_modules(tmp_path: Path) -> None:
     repo = str(Path(localgateway.project.__file__).resolve().parents[1])
     assert not is_project_module(str(Path(localgateway.project.__file__).resolve()), repo)
     assert not is_project_module(str(Path(chalice.__file__).resolve()), str(Path("/")))
+
+
+def test_reload_lock_never_runs_a_reload_beside_a_handler() -> None:
+    import threading
+
+    from localgateway.invoker import ReloadLock
+    from localgateway.testing import wait_until
+
+    lock = ReloadLock()
+    order: list[str] = []
+    handler_inside = threading.Event()
+    release_handler = threading.Event()
+
+    def handler() -> None:
+        with lock.reading():
+            order.append("handler start")
+            handler_inside.set()
+            release_handler.wait(10)
+            order.append("handler end")
+
+    def reload() -> None:
+        with lock.writing():
+            order.append("reload")
+
+    first = threading.Thread(target=handler)
+    first.start()
+    assert handler_inside.wait(10)
+    writer = threading.Thread(target=reload)
+    writer.start()
+    wait_until(lambda: lock.writers_waiting == 1, 10, "the reload to wait")
+
+    def late_handler() -> None:
+        with lock.reading():
+            order.append("late")
+
+    # A handler arriving while the reload waits queues behind it (writers first).
+    late = threading.Thread(target=late_handler)
+    late.start()
+    release_handler.set()
+    for thread in (first, writer, late):
+        thread.join(10)
+    assert order == ["handler start", "handler end", "reload", "late"]
