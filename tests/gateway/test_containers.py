@@ -78,12 +78,26 @@ def test_sequential_invocations_reuse_a_warm_container(model: Gateway) -> None:
         pids = []
         for _ in range(3):
             async with connect(model.ws_url) as ws:
-                pids.append((await ask(ws, "pid"))["pid"])
-                pids.append((await ask(ws, "pid"))["pid"])
+                for _ask in range(2):
+                    done = _reports(model, "message")
+                    pids.append((await ask(ws, "pid"))["pid"])
+                    # The reply is posted during the invocation: wait for its REPORT (the
+                    # container is free again) so the next message is sequential, not racing.
+                    await _until(lambda done=done: _reports(model, "message") > done)
         return pids
 
     pids = run(scenario())
     assert len(set(pids)) == 1
+
+
+def _reports(gateway: Gateway, function: str) -> int:
+    return sum(1 for m in REPORT.finditer(gateway.log()) if m.group("fn") == function)
+
+
+async def _until(condition: Any) -> None:
+    async with asyncio.timeout(RECV_TIMEOUT):
+        while not condition():
+            await asyncio.sleep(0.02)
 
 
 def test_concurrent_invocations_get_separate_containers(model: Gateway, tmp_path: Path) -> None:
