@@ -235,9 +235,9 @@ def _check_auth(secret: str | None, jwks_url: str | None, in_lambda: bool) -> No
     if in_lambda and secret is None and jwks_url is None:
         raise ConfigError(
             "authentication is not configured: a deployed stage (AWS_LAMBDA_FUNCTION_NAME is set)"
-            " refuses to run without WS_AUTH_JWKS_URL (RS256/ES256, recommended) or an HS256"
-            " secret (WS_AUTH_SECRET_PARAMETER, WS_AUTH_SECRET_ARN or WS_AUTH_SECRET);"
-            " see docs/security.md"
+            " refuses to run without an HS256 secret (WS_AUTH_SECRET_PARAMETER from SSM,"
+            " WS_AUTH_SECRET_ARN from Secrets Manager, or WS_AUTH_SECRET) or WS_AUTH_JWKS_URL"
+            " (RS256/ES256, the recommended mode); see docs/security.md"
         )
 
 
