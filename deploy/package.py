@@ -9,9 +9,13 @@
    ``Arn``, ``CONNECTIONS_STORE``/``WELCOME_QUEUE_URL``/``WS_MANAGEMENT_ENDPOINT`` from the stack's
    resources, and the function and log group names ``chalice deploy`` would use.
    It also adds the stack parameters of :data:`AUTH_PARAMETERS` (authentication is mandatory in
-   Lambda: ``AuthJwksUrl`` is required, passed to every function as ``WS_AUTH_JWKS_URL``) and of
-   :data:`THROTTLING_PARAMETERS` (the WebSocket stage's default and ``$connect`` throttling,
-   with data trace logging off).
+   Lambda: the ``AuthMode`` rule wants exactly one of ``AuthJwksUrl``, the recommended mode, or
+   ``AuthSecretParameterName`` / ``AuthSecretArn``, the HS256 secret's SSM parameter or Secrets
+   Manager secret, read by ``$connect`` only; each is passed to every function as its
+   ``WS_AUTH_*`` variable), of :data:`THROTTLING_PARAMETERS` (the WebSocket stage's default and
+   ``$connect`` throttling, with data trace logging off), a reserved concurrency parameter per
+   function (empty: unreserved) and the optional customer managed keys (``TableKmsKeyArn`` from
+   deploy/resources.json, ``AuthSecretKmsKeyArn``), whose grants are conditional.
 2. Runs ``chalice package --stage STAGE --merge-template OUTDIR/merge-template.json OUTDIR`` with
    the Lambda runtime pinned (:mod:`deploy.chalice_cli`, default python3.12).
 3. Checks the result (:func:`check_package`) and prints the artifact sizes.
