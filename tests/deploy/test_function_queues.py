@@ -87,7 +87,7 @@ def test_each_function_sends_to_exactly_the_queues_its_role_grants(
         [welcomes[members[-1]]] = taken["welcome"]
     # Messages: joining a large room announces it through the workers; so does a send.
     for member in members:
-        step("websocket_message", lambda m=member: harness.join(m, "big"))  # type: ignore[misc]
+        step("websocket_message", lambda m=member: harness.join(m, "big"))
     step("websocket_message", lambda: harness.send(
         members[0], {"action": "send", "room": "big", "data": 1}))
     # The REST push to a large room.
