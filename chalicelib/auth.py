@@ -9,8 +9,7 @@ the connection is admitted and as which user (the token's ``sub``):
   ``sub``/``exp``) -> 403; an ``Origin`` not in ``WS_ALLOWED_ORIGINS`` -> 403;
 * HS256 with ``WS_AUTH_SECRET`` (or the secret fetched from ``WS_AUTH_SECRET_PARAMETER`` /
   ``WS_AUTH_SECRET_ARN`` at the first token: :mod:`chalicelib.secret_source`), or RS256/ES256
-  with keys from ``WS_AUTH_JWKS_URL`` -- never the
-  algorithm the token's header asks for;
+  with keys from ``WS_AUTH_JWKS_URL`` -- never the algorithm the token's header asks for;
 * with neither configured, authentication is off (the local default; :mod:`chalicelib.settings`
   refuses that inside Lambda).
 
