@@ -134,6 +134,7 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
     from chalicelib.metrics import AUTH_REFUSED
     from chalicelib.redaction import loggable
     from chalicelib.runtime import connect_gate, recorder
+    from chalicelib.secret_source import SecretUnavailableError
 
     raw = event.to_dict()
     ctx, endpoint = _endpoint(raw)
@@ -150,7 +151,9 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
         app.log.info("$connect %s from %s refused with %d: %s", loggable(ctx.connection_id),
                      loggable(ctx.source_ip), exc.status, loggable(exc.reason, 500))
         return {"statusCode": exc.status}
-    except JwksUnavailableError as exc:
+    except (JwksUnavailableError, SecretUnavailableError) as exc:
+        # No key to verify with (JWKS, or the HS256 secret from SSM/Secrets Manager): a
+        # server-side problem, retried with backoff; the text never holds the secret.
         app.log.error("$connect %s refused with 503: %s", loggable(ctx.connection_id),
                       loggable(exc, 500))
         return {"statusCode": 503}

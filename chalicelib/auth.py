@@ -7,8 +7,9 @@ the connection is admitted and as which user (the token's ``sub``):
 * no token -> 401; a token that does not verify (bad signature, ``alg: none``, an algorithm
   other than the one pinned for the mode, expired, not yet valid, wrong ``aud``/``iss``, no
   ``sub``/``exp``) -> 403; an ``Origin`` not in ``WS_ALLOWED_ORIGINS`` -> 403;
-* HS256 with ``WS_AUTH_SECRET``, or RS256/ES256 with keys from ``WS_AUTH_JWKS_URL`` -- never the
-  algorithm the token's header asks for;
+* HS256 with ``WS_AUTH_SECRET`` (or the secret fetched from ``WS_AUTH_SECRET_PARAMETER`` /
+  ``WS_AUTH_SECRET_ARN`` at the first token: :mod:`chalicelib.secret_source`), or RS256/ES256
+  with keys from ``WS_AUTH_JWKS_URL`` -- never the algorithm the token's header asks for;
 * with neither configured, authentication is off (the local default; :mod:`chalicelib.settings`
   refuses that inside Lambda).
 
@@ -94,7 +95,7 @@ class TokenVerifier:
     def __init__(
         self,
         *,
-        secret: str | None = None,
+        secret: str | Callable[[], str] | None = None,
         jwks: JwksKeys | None = None,
         audience: str | None = None,
         issuer: str | None = None,
@@ -141,7 +142,9 @@ class TokenVerifier:
             # (PyJWT checks again in decode); "none" and every other algorithm are refused.
             if alg not in self.algorithms:
                 raise AuthError(403, f"token algorithm '{loggable(alg, 16)}' is not allowed")
-            key: Any = self._secret
+            # A fetched secret (chalicelib/secret_source.py) is read here, on first use; it
+            # raises SecretUnavailableError (503), never caught as a token problem below.
+            key: Any = self._secret() if callable(self._secret) else self._secret
             if self._jwks is not None:
                 kid = header.get("kid")
                 if not isinstance(kid, str) or not kid:
@@ -519,8 +522,10 @@ class ConnectGate:
     def admit(self, event: Mapping[str, Any]) -> Admission:
         """Decide one raw ``$connect`` event: Origin first, then the token.
 
-        Raises :class:`AuthError` (401/403, reason escaped for logging) or
-        :class:`JwksUnavailableError` (answer 503); never lets a PyJWT or network error out.
+        Raises :class:`AuthError` (401/403, reason escaped for logging),
+        :class:`JwksUnavailableError` or
+        :class:`~chalicelib.secret_source.SecretUnavailableError` (answer 503); never lets a
+        PyJWT or network error out.
         """
         if self._allowed_origins:
             origin = _header(event, "origin")
@@ -556,13 +561,19 @@ def build_gate(settings: Settings) -> ConnectGate:
     Call once per container and keep it (:func:`chalicelib.runtime.connect_gate` does): the JWKS
     cache lives in it.  Raises nothing; settings were validated by :class:`Settings`.
     """
+    from chalicelib.secret_source import secret_for
+
     jwks = None
     if settings.auth_secret is None and settings.auth_jwks_url is not None:
         jwks = JwksKeys(settings.auth_jwks_url)
-    if settings.auth_secret is None and jwks is None:
+    # WS_AUTH_SECRET_PARAMETER / WS_AUTH_SECRET_ARN: fetched at the first token, not here.
+    fetched = secret_for(settings)
+    secret: str | Callable[[], str] | None = (
+        settings.auth_secret if fetched is None else fetched.value)
+    if secret is None and jwks is None:
         return ConnectGate(None, settings.allowed_origins)
     verifier = TokenVerifier(
-        secret=settings.auth_secret,
+        secret=secret,
         jwks=jwks,
         audience=settings.auth_audience,
         issuer=settings.auth_issuer,

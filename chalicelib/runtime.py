@@ -72,7 +72,8 @@ def messaging(environ: Mapping[str, str] | None = None) -> Messaging:
 
 def connect_gate(environ: Mapping[str, str] | None = None) -> ConnectGate:
     """The ``$connect`` gate for the current environment, cached per container so JWKS keys
-    survive across invocations (raises ConfigError, e.g. in Lambda without authentication)."""
+    and a fetched HS256 secret survive across invocations (raises ConfigError, e.g. in Lambda
+    without authentication)."""
     settings = Settings.from_env(os.environ if environ is None else environ)
     return _once(_gates, settings, build_gate, _lock)
 

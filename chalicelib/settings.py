@@ -5,6 +5,7 @@ Every variable is documented in README.md ("Configuration").
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -24,6 +25,12 @@ MAX_TOKEN_LIFETIME_CEILING_SECONDS = 30 * 86400
 #: Values of Cognito's ``token_use`` claim.
 TOKEN_USES = ("access", "id")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: ``WS_AUTH_SECRET_PARAMETER``: an SSM parameter name (``/a/b`` or ``a``) or its ARN.
+_SSM_PARAMETER = re.compile(
+    r"(arn:aws[a-z-]*:ssm:[a-z0-9-]+:\d{12}:parameter/)?/?[A-Za-z0-9_.\-/]{1,1011}")
+#: ``WS_AUTH_SECRET_ARN``: a Secrets Manager secret ARN.
+_SECRET_ARN = re.compile(
+    r"arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,10 @@ class Settings:
     in_lambda: bool
     # ---- security (docs/security.md); repr=False keeps the secret out of logs and tracebacks
     auth_secret: str | None = field(default=None, repr=False)
+    #: Where the HS256 secret is fetched from instead (chalicelib/secrets.py): an SSM parameter
+    #: name or ARN, or a Secrets Manager secret ARN.  Names, not secrets.
+    auth_secret_parameter: str | None = None
+    auth_secret_arn: str | None = None
     auth_jwks_url: str | None = None
     auth_audience: str | None = None
     auth_issuer: str | None = None
@@ -68,7 +79,13 @@ class Settings:
 
     @property
     def auth_enabled(self) -> bool:
-        return self.auth_secret is not None or self.auth_jwks_url is not None
+        return (self.auth_secret is not None or self.auth_jwks_url is not None
+                or self.auth_secret_source is not None)
+
+    @property
+    def auth_secret_source(self) -> str | None:
+        """The SSM parameter or Secrets Manager ARN the HS256 secret is fetched from."""
+        return self.auth_secret_parameter or self.auth_secret_arn
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -83,7 +100,11 @@ class Settings:
             store = DEFAULT_STORE
         secret = environ.get("WS_AUTH_SECRET") or None
         jwks_url = (environ.get("WS_AUTH_JWKS_URL") or "").strip() or None
-        _check_auth(secret, jwks_url, in_lambda)
+        parameter = (environ.get("WS_AUTH_SECRET_PARAMETER") or "").strip() or None
+        secret_arn = (environ.get("WS_AUTH_SECRET_ARN") or "").strip() or None
+        _check_secret_source(secret, jwks_url, parameter, secret_arn)
+        fetched = parameter is not None or secret_arn is not None
+        _check_auth(secret, jwks_url, in_lambda and not fetched)
         scope = _TokenScope.from_env(environ)
         if in_lambda:
             scope.check_deployed()
@@ -99,6 +120,8 @@ class Settings:
             region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
             in_lambda=in_lambda,
             auth_secret=secret,
+            auth_secret_parameter=parameter,
+            auth_secret_arn=secret_arn,
             auth_jwks_url=jwks_url,
             auth_audience=scope.audience,
             auth_issuer=scope.issuer,
@@ -163,6 +186,32 @@ def _switch(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} must be on or off")
 
 
+def _check_secret_source(
+    secret: str | None, jwks_url: str | None, parameter: str | None, secret_arn: str | None
+) -> None:
+    """``WS_AUTH_SECRET_PARAMETER`` / ``WS_AUTH_SECRET_ARN``: one source, and no other mode."""
+    given = [name for name, value in (
+        ("WS_AUTH_SECRET", secret), ("WS_AUTH_JWKS_URL", jwks_url),
+        ("WS_AUTH_SECRET_PARAMETER", parameter), ("WS_AUTH_SECRET_ARN", secret_arn),
+    ) if value is not None]
+    if (parameter is not None or secret_arn is not None) and len(given) > 1:
+        raise ConfigError(
+            f"{' and '.join(given)} are all set: choose one (a JWKS, the recommended mode; or"
+            " an HS256 secret: WS_AUTH_SECRET_PARAMETER from SSM, WS_AUTH_SECRET_ARN from"
+            " Secrets Manager, or WS_AUTH_SECRET)"
+        )
+    if parameter is not None and not _SSM_PARAMETER.fullmatch(parameter):
+        raise ConfigError(
+            f"WS_AUTH_SECRET_PARAMETER={parameter!r} is not an SSM parameter name or ARN"
+            " (e.g. /ws-rooms/prod/auth-secret)"
+        )
+    if secret_arn is not None and not _SECRET_ARN.fullmatch(secret_arn):
+        raise ConfigError(
+            f"WS_AUTH_SECRET_ARN={secret_arn!r} is not a Secrets Manager secret ARN"
+            " (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-SUFFIX)"
+        )
+
+
 def _check_auth(secret: str | None, jwks_url: str | None, in_lambda: bool) -> None:
     if secret is not None and jwks_url is not None:
         raise ConfigError(
@@ -186,8 +235,9 @@ def _check_auth(secret: str | None, jwks_url: str | None, in_lambda: bool) -> No
     if in_lambda and secret is None and jwks_url is None:
         raise ConfigError(
             "authentication is not configured: a deployed stage (AWS_LAMBDA_FUNCTION_NAME is set)"
-            " refuses to run without WS_AUTH_SECRET (HS256) or WS_AUTH_JWKS_URL (RS256/ES256);"
-            " see docs/security.md"
+            " refuses to run without an HS256 secret (WS_AUTH_SECRET_PARAMETER from SSM,"
+            " WS_AUTH_SECRET_ARN from Secrets Manager, or WS_AUTH_SECRET) or WS_AUTH_JWKS_URL"
+            " (RS256/ES256, the recommended mode); see docs/security.md"
         )
 
 

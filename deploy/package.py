@@ -9,10 +9,15 @@
    ``Arn``, ``CONNECTIONS_STORE``/``WELCOME_QUEUE_URL``/``WS_MANAGEMENT_ENDPOINT`` from the stack's
    resources, and the function and log group names ``chalice deploy`` would use.
    It also adds the stack parameters of :data:`AUTH_PARAMETERS` (authentication is mandatory in
-   Lambda: ``AuthJwksUrl`` is required, passed to every function as ``WS_AUTH_JWKS_URL``) and of
-   :data:`THROTTLING_PARAMETERS` (the WebSocket stage's default and ``$connect`` throttling,
-   with data trace logging off), and the alarms, their SNS topic and the dashboard
-   (:mod:`deploy.monitoring`; ``METRICS_NAMESPACE`` and ``STAGE`` of every function).
+   Lambda: the ``AuthMode`` rule wants exactly one of ``AuthJwksUrl``, the recommended mode, or
+   ``AuthSecretParameterName`` / ``AuthSecretArn``, the HS256 secret's SSM parameter or Secrets
+   Manager secret, read by ``$connect`` only; each is passed to every function as its
+   ``WS_AUTH_*`` variable), of :data:`THROTTLING_PARAMETERS` (the WebSocket stage's default and
+   ``$connect`` throttling, with data trace logging off), a reserved concurrency parameter per
+   function (empty: unreserved) and the optional customer managed keys (``TableKmsKeyArn`` from
+   deploy/resources.json, ``AuthSecretKmsKeyArn``), whose grants are conditional; and the
+   alarms, their SNS topic and the dashboard (:mod:`deploy.monitoring`; ``METRICS_NAMESPACE``
+   and ``STAGE`` of every function).
 2. Runs ``chalice package --stage STAGE --merge-template OUTDIR/merge-template.json OUTDIR`` with
    the Lambda runtime pinned (:mod:`deploy.chalice_cli`, default python3.12).
 3. Checks the result (:func:`check_package`) and prints the artifact sizes.
@@ -40,7 +45,15 @@ from typing import Any
 
 from deploy.chalice_cli import ENV_FILE_VARIABLE, runtime_from_env
 from deploy.monitoring import add_monitoring
-from deploy.policies import API_GATEWAY_STAGE, FUNCTIONS, cfn_policy, function_name
+from deploy.policies import (
+    API_GATEWAY_STAGE,
+    FUNCTIONS,
+    SECRET_ARN_CONDITION,
+    SECRET_KEY_CONDITION,
+    SECRET_PARAMETER_CONDITION,
+    cfn_policy,
+    function_name,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOURCES = Path(__file__).resolve().parent / "resources.json"
@@ -54,10 +67,32 @@ RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer", "jmespath")
 AUTH_PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
     "AuthJwksUrl": ("WS_AUTH_JWKS_URL", {
         "Type": "String",
-        "AllowedPattern": "^https://.+",
+        "Default": "",
+        "AllowedPattern": "^(https://.+)?$",
         "ConstraintDescription": "an https:// URL",
-        "Description": "JWKS URL the $connect tokens are verified against (RS256/ES256), e.g."
-                       " https://cognito-idp.REGION.amazonaws.com/POOL_ID/.well-known/jwks.json",
+        "Description": "JWKS URL the $connect tokens are verified against (RS256/ES256; the"
+                       " recommended mode), e.g. https://cognito-idp.REGION.amazonaws.com/POOL_ID"
+                       "/.well-known/jwks.json; empty: AuthSecretParameterName or AuthSecretArn"
+                       " (the AuthMode rule wants exactly one)",
+    }),
+    "AuthSecretParameterName": ("WS_AUTH_SECRET_PARAMETER", {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^(/[a-zA-Z0-9_.\\-/]{1,1010})?$",
+        "ConstraintDescription": "empty, or an SSM parameter name starting with / in this stack's"
+                                 " account and Region",
+        "Description": "HS256 shared secret instead of a JWKS: name of a SecureString parameter"
+                       " (e.g. /ws-rooms/prod/auth-secret), read by $connect only",
+    }),
+    "AuthSecretArn": ("WS_AUTH_SECRET_ARN", {
+        "Type": "String",
+        "Default": "",
+        "AllowedPattern": "^(arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:"
+                          "[a-zA-Z0-9/_+=.@-]+-[a-zA-Z0-9]{6})?$",
+        "ConstraintDescription": "empty, or a Secrets Manager secret's full ARN (with its"
+                                 " six-character suffix)",
+        "Description": "HS256 shared secret instead of a JWKS: full ARN of a Secrets Manager"
+                       " secret whose SecretString is the secret, read by $connect only",
     }),
     "AuthIssuer": ("WS_AUTH_ISSUER", {
         "Type": "String",
@@ -97,6 +132,29 @@ AUTH_PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
                        " https://app.example.com); empty: any origin",
     }),
 }
+#: Optional stack conditions: condition -> the parameter that must be non-empty.
+SECRET_CONDITIONS = {
+    SECRET_PARAMETER_CONDITION: "AuthSecretParameterName",
+    SECRET_ARN_CONDITION: "AuthSecretArn",
+    SECRET_KEY_CONDITION: "AuthSecretKmsKeyArn",
+}
+#: Customer managed key of the shared secret (SSM SecureString or Secrets Manager): empty when
+#: the secret uses the AWS managed key (aws/ssm, aws/secretsmanager), which needs no grant.
+SECRET_KEY_PARAMETER: dict[str, Any] = {
+    "Type": "String",
+    "Default": "",
+    "AllowedPattern": "^(arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[a-zA-Z0-9-]+)?$",
+    "ConstraintDescription": "empty, or a KMS key ARN (not an alias)",
+    "Description": "Customer managed KMS key of AuthSecretParameterName/AuthSecretArn; empty:"
+                   " the AWS managed key (aws/ssm or aws/secretsmanager)",
+}
+
+
+def reserved_concurrency_parameter(logical_id: str) -> str:
+    """The stack parameter of a function's reserved concurrency (empty: unreserved)."""
+    return f"{logical_id}ReservedConcurrency"
+
+
 #: WebSocket stage throttling (requests per second, steady rate and burst), refused by API
 #: Gateway before any Lambda runs.  ``$connect`` gets its own, tighter limits.  Defaults come from
 #: the capacity model (docs/capacity.md): every inbound message and every delivery it causes
@@ -131,8 +189,18 @@ def merge_template(stage: str) -> dict[str, Any]:
     endpoint = ("https://${WebsocketAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}"
                 f"/{API_GATEWAY_STAGE}")
     for logical_id, (name, role_id) in FUNCTIONS.items():
+        concurrency = reserved_concurrency_parameter(logical_id)
+        template["Parameters"][concurrency] = {
+            "Type": "String", "Default": "", "AllowedPattern": "^[0-9]{0,5}$",
+            "ConstraintDescription": "empty (unreserved) or a whole number",
+            "Description": f"Reserved concurrency of {name}; empty: unreserved (the account's"
+                           " shared pool); 0 stops the function",
+        }
+        template["Conditions"][f"Has{concurrency}"] = _not_empty(concurrency)
         resources[logical_id] = {"Properties": {
             "FunctionName": function_name(stage, name),
+            "ReservedConcurrentExecutions": {"Fn::If": [
+                f"Has{concurrency}", {"Ref": concurrency}, {"Ref": "AWS::NoValue"}]},
             "Environment": {"Variables": {
                 "CONNECTIONS_STORE": {"Fn::Sub": "dynamodb://${ConnectionsTable}"},
                 "WELCOME_QUEUE_URL": {"Ref": "WelcomeQueue"},
@@ -173,9 +241,23 @@ def merge_template(stage: str) -> dict[str, Any]:
     template["Outputs"]["ManagementEndpoint"] = {"Value": {"Fn::Sub": endpoint}}
     template["Parameters"].update(
         {parameter: definition for parameter, (_variable, definition) in AUTH_PARAMETERS.items()})
+    template["Parameters"]["AuthSecretKmsKeyArn"] = SECRET_KEY_PARAMETER
+    for condition, parameter in SECRET_CONDITIONS.items():
+        template["Conditions"][condition] = _not_empty(parameter)
+    # Exactly one way to verify tokens: a stack without authentication cannot be created (the
+    # functions would refuse to run anyway), nor one with two modes (Settings refuses that).
+    modes = [{"Fn::Equals": [{"Ref": name}, ""]}
+             for name in ("AuthJwksUrl", "AuthSecretParameterName", "AuthSecretArn")]
+    one_mode = {"Fn::Or": [
+        {"Fn::And": [{"Fn::Not": [mode]}, *[other for other in modes if other is not mode]]}
+        for mode in modes]}
     # A stack cannot be created without a token scope: any token the IdP signed (another app
     # client, another tenant) would otherwise be admitted.  The functions refuse it too.
-    template["Rules"] = {"TokenScope": {"Assertions": [{
+    template["Rules"] = {"AuthMode": {"Assertions": [{
+        "Assert": one_mode,
+        "AssertDescription": "set exactly one of AuthJwksUrl (recommended),"
+                             " AuthSecretParameterName, AuthSecretArn",
+    }]}, "TokenScope": {"Assertions": [{
         "Assert": {"Fn::Or": [
             {"Fn::Not": [{"Fn::Equals": [{"Ref": "AuthAudience"}, ""]}]},
             {"Fn::And": [
@@ -216,6 +298,10 @@ def merge_template(stage: str) -> dict[str, Any]:
     add_monitoring(template, stage)
     resolved: dict[str, Any] = _resolve_if(template, "IsProd", is_prod)
     return resolved
+
+
+def _not_empty(parameter: str) -> dict[str, Any]:
+    return {"Fn::Not": [{"Fn::Equals": [{"Ref": parameter}, ""]}]}
 
 
 def _resolve_if(node: Any, condition: str, value: bool) -> Any:

@@ -15,12 +15,18 @@ What the code calls (keep in sync with ``chalicelib``; ``tests/deploy`` checks t
   BatchWriteItem on the table (TransactWriteItems has no IAM action of its own: it is authorised
   by the Put/Update/Delete actions of its items); Query on the ``by-last-seen`` index (the
   sweep).
-* SQS (``chalicelib/welcome.py``, ``chalicelib/fanout.py``): SendMessage on the welcome queue;
-  SendMessage (SendMessageBatch is authorised as SendMessage) on the fan-out queue for the
-  functions that deliver to rooms; GetQueueUrl only when a ``*_QUEUE_URL`` is a bare name (the
-  static policies; the template passes URLs).  Each queue's event source mapping polls with its
-  consumer's role: ReceiveMessage, DeleteMessage, GetQueueAttributes, on that queue, for that
-  function only.
+* SQS (``chalicelib/welcome.py``, ``chalicelib/fanout.py``): SendMessage on the welcome queue
+  for ``$connect`` only (:data:`WELCOME_PRODUCERS`); SendMessage (SendMessageBatch is authorised
+  as SendMessage) on the fan-out queue for the functions that deliver to rooms, presence
+  ``leave`` announcements included (:data:`FANOUT_PRODUCERS`: every function but ``$connect``);
+  GetQueueUrl only when a ``*_QUEUE_URL`` is a bare name (the static policies; the template
+  passes URLs).  Each queue's event source mapping polls with its consumer's role:
+  ReceiveMessage, DeleteMessage, GetQueueAttributes, on that queue, for that function only.
+* KMS, template only, when the stack is given a customer managed key: Decrypt and
+  GenerateDataKey on the table's key (``TableKmsKeyArn``) through DynamoDB; Decrypt on the
+  shared secret's key (``AuthSecretKmsKeyArn``) through SSM or Secrets Manager.
+* SSM / Secrets Manager, template only, for :data:`TOKEN_VERIFIERS`: GetParameter on the
+  ``AuthSecretParameterName`` parameter, or GetSecretValue on the ``AuthSecretArn`` secret.
 * Management API (``chalicelib/delivery.py``): PostToConnection (POST) and GetConnection (GET) on
   ``@connections``: ``execute-api:ManageConnections``.
 * CloudWatch Logs: CreateLogGroup, CreateLogStream, PutLogEvents on the function's log group.
@@ -61,9 +67,24 @@ CONSUMERS = {
     QUEUE_CONSUMER: ("WelcomeQueue", "welcome"),
     FANOUT_CONSUMER: ("FanOutQueue", "fanout"),
 }
-#: The functions that deliver to rooms, and so may hand large rooms to the fan-out queue
-#: (the worker re-enqueues failed recipients).
-FANOUT_PRODUCERS = ("api_handler", "websocket_message", "fan_out_worker")
+#: The one function that sends to the welcome queue (``Messaging.on_connect``).
+WELCOME_PRODUCERS = ("websocket_connect",)
+#: The functions that may hand a large room to the fan-out queue: every function that delivers
+#: to a room.  That includes presence ``leave`` announcements: ``$disconnect``, the sweep, and a
+#: follow-up or worker that finds a connection gone all forget it (``Messaging._forget`` ->
+#: ``_announce`` -> ``_deliver_to``), and a large room's announcement goes through the queue.
+#: The worker also re-enqueues failed recipients.  Only ``$connect`` delivers to no room.
+#: tests/deploy/test_function_queues.py drives each function and checks this list.
+FANOUT_PRODUCERS = ("api_handler", "websocket_message", "websocket_disconnect",
+                    "welcome_follow_up", "sweep", "fan_out_worker")
+#: The functions that verify tokens (the ``$connect`` gate): the only ones that read a
+#: shared-secret parameter or secret (``WS_AUTH_SECRET_PARAMETER`` / ``WS_AUTH_SECRET_ARN``).
+TOKEN_VERIFIERS = ("websocket_connect",)
+#: Stack conditions (deploy/resources.json and deploy/package.py) guarding optional grants.
+TABLE_KEY_CONDITION = "HasTableKmsKey"
+SECRET_PARAMETER_CONDITION = "HasAuthSecretParameter"
+SECRET_ARN_CONDITION = "HasAuthSecretArn"
+SECRET_KEY_CONDITION = "HasAuthSecretKmsKey"
 
 DYNAMODB_TABLE_ACTIONS = [
     "dynamodb:BatchWriteItem",
@@ -79,6 +100,12 @@ SQS_PRODUCER_ACTIONS = ["sqs:SendMessage"]
 #: policy AWSLambdaSQSQueueExecutionRole grants the same three, on "*").
 SQS_CONSUMER_ACTIONS = ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 LOGS_ACTIONS = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+#: What DynamoDB needs from the caller when the table is encrypted with a customer managed key.
+TABLE_KEY_ACTIONS = ["kms:Decrypt", "kms:GenerateDataKey"]
+SSM_SECRET_ACTIONS = ["ssm:GetParameter"]
+SECRETS_MANAGER_ACTIONS = ["secretsmanager:GetSecretValue"]
+#: Reading a SecureString or a secret encrypted with a customer managed key.
+SECRET_KEY_ACTIONS = ["kms:Decrypt"]
 MANAGE_CONNECTIONS = ["execute-api:ManageConnections"]
 
 
@@ -103,8 +130,24 @@ def _stmt(sid: str, actions: list[str], resources: list[Any]) -> dict[str, Any]:
     return {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
 
 
+def _when(condition: str, statement: dict[str, Any]) -> dict[str, Any]:
+    """``statement`` only when the stack ``condition`` holds (otherwise no statement at all)."""
+    return {"Fn::If": [condition, statement, {"Ref": "AWS::NoValue"}]}
+
+
+def _via(service: str) -> dict[str, Any]:
+    """A KMS grant usable only through ``service`` in the stack's Region."""
+    return {"StringEquals": {"kms:ViaService": {
+        "Fn::Sub": f"{service}.${{AWS::Region}}.${{AWS::URLSuffix}}"}}}
+
+
 def cfn_policy(stage: str, name: str) -> dict[str, Any]:
-    """The policy document of function ``name`` in the packaged template (Fn::Sub ARNs)."""
+    """The policy document of function ``name`` in the packaged template (Fn::Sub ARNs).
+
+    Optional grants are ``Fn::If`` on a stack condition: the table's customer managed key
+    (every function uses the table), and the shared-secret parameter or secret with its key
+    (only :data:`TOKEN_VERIFIERS`).
+    """
     prefix = "arn:${AWS::Partition}"
     region_account = "${AWS::Region}:${AWS::AccountId}"
     log_group = f"{prefix}:logs:{region_account}:log-group:/aws/lambda/{function_name(stage, name)}"
@@ -115,12 +158,33 @@ def cfn_policy(stage: str, name: str) -> dict[str, Any]:
               [{"Fn::GetAtt": ["ConnectionsTable", "Arn"]}]),
         _stmt("ConnectionsTableIndex", DYNAMODB_INDEX_ACTIONS,
               [{"Fn::Sub": f"${{ConnectionsTable.Arn}}/index/{LAST_SEEN_INDEX}"}]),
-        _stmt("WelcomeQueueSend", SQS_PRODUCER_ACTIONS, [{"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]),
+        _when(TABLE_KEY_CONDITION, {
+            **_stmt("TableKey", TABLE_KEY_ACTIONS, [{"Ref": "TableKmsKeyArn"}]),
+            "Condition": _via("dynamodb"),
+        }),
         _stmt("ManageConnections", MANAGE_CONNECTIONS, [
             {"Fn::Sub": f"{connections}/POST/@connections/*"},
             {"Fn::Sub": f"{connections}/GET/@connections/*"},
         ]),
     ]
+    if name in WELCOME_PRODUCERS:
+        statements.append(_stmt("WelcomeQueueSend", SQS_PRODUCER_ACTIONS,
+                                [{"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]))
+    if name in TOKEN_VERIFIERS:
+        parameter = f"{prefix}:ssm:{region_account}:parameter${{AuthSecretParameterName}}"
+        statements += [
+            _when(SECRET_PARAMETER_CONDITION, _stmt(
+                "AuthSecretParameter", SSM_SECRET_ACTIONS, [{"Fn::Sub": parameter}])),
+            _when(SECRET_ARN_CONDITION, _stmt(
+                "AuthSecret", SECRETS_MANAGER_ACTIONS, [{"Ref": "AuthSecretArn"}])),
+            _when(SECRET_KEY_CONDITION, {
+                **_stmt("AuthSecretKey", SECRET_KEY_ACTIONS, [{"Ref": "AuthSecretKmsKeyArn"}]),
+                "Condition": {"StringEquals": {"kms:ViaService": [
+                    {"Fn::Sub": "ssm.${AWS::Region}.${AWS::URLSuffix}"},
+                    {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"},
+                ]}},
+            }),
+        ]
     if name in FANOUT_PRODUCERS:
         statements.append(_stmt("FanOutQueueSend", SQS_PRODUCER_ACTIONS,
                                 [{"Fn::GetAtt": ["FanOutQueue", "Arn"]}]))
@@ -134,9 +198,14 @@ def cfn_policy(stage: str, name: str) -> dict[str, Any]:
 def static_policy(stage: str, consumer: str | None) -> dict[str, Any]:
     """The ``iam_policy_file`` for ``chalice deploy`` (``consumer``: that queue consumer's file).
 
-    Chalice names one default file per stage; the fan-out queue's send grant is in it because
-    the functions that deliver to rooms share it.
+    Chalice names one default file per stage, shared by every function without a file of its
+    own (``$connect``, messages, ``$disconnect``, the sweep, the REST handler): it grants what
+    any of them calls, so both queues' sends.  Each consumer's file grants what that consumer
+    calls: neither consumer sends to the welcome queue.  The static files grant no KMS, SSM or
+    Secrets Manager access: ``chalice deploy`` users add those themselves (docs/deploy.md).
     """
+    functions = ([consumer] if consumer is not None
+                 else [n for n, _role in FUNCTIONS.values() if n not in CONSUMERS])
     log_groups = []
     for chalice_name, _role in FUNCTIONS.values():
         group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(stage, chalice_name)}"
@@ -150,11 +219,15 @@ def static_policy(stage: str, consumer: str | None) -> dict[str, Any]:
         _stmt("ConnectionsTable", DYNAMODB_TABLE_ACTIONS, [table]),
         _stmt("ConnectionsTableIndex", DYNAMODB_INDEX_ACTIONS,
               [f"{table}/index/{LAST_SEEN_INDEX}"]),
-        _stmt("WelcomeQueueSend", [*SQS_PRODUCER_ACTIONS, "sqs:GetQueueUrl"], [queue]),
-        _stmt("FanOutQueueSend", [*SQS_PRODUCER_ACTIONS, "sqs:GetQueueUrl"], [fanout_queue]),
         _stmt("ManageConnections", MANAGE_CONNECTIONS,
               [f"{connections}/POST/@connections/*", f"{connections}/GET/@connections/*"]),
     ]
+    if any(name in WELCOME_PRODUCERS for name in functions):
+        statements.append(
+            _stmt("WelcomeQueueSend", [*SQS_PRODUCER_ACTIONS, "sqs:GetQueueUrl"], [queue]))
+    if any(name in FANOUT_PRODUCERS for name in functions):
+        statements.append(
+            _stmt("FanOutQueueSend", [*SQS_PRODUCER_ACTIONS, "sqs:GetQueueUrl"], [fanout_queue]))
     if consumer is not None:
         queue_id, suffix = CONSUMERS[consumer]
         statements.append(_stmt(f"{queue_id}Consume", SQS_CONSUMER_ACTIONS,

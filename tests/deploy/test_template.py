@@ -26,10 +26,12 @@ from deploy import monitoring, policies
 from deploy.chalice_cli import ENV_FILE_VARIABLE, load_env_file, overlay_environment
 from deploy.package import (
     AUTH_PARAMETERS,
+    SECRET_CONDITIONS,
     THROTTLING_PARAMETERS,
     WEBSOCKET_STAGE,
     check_package,
     merge_template,
+    reserved_concurrency_parameter,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +91,10 @@ def test_cfn_lint_packaged_template_has_no_errors_or_warnings(package: dict[str,
     assert warnings == []
 
 
-def test_cfn_lint_standalone_resources_template_has_no_errors() -> None:
-    errors, _warnings = _lint(ROOT / "deploy" / "resources.json")
+def test_cfn_lint_standalone_resources_template_has_no_errors_or_warnings() -> None:
+    errors, warnings = _lint(ROOT / "deploy" / "resources.json")
     assert errors == []
+    assert warnings == []
 
 
 def test_deployment_zip_is_small_and_runtime_safe(package: dict[str, Any]) -> None:
@@ -234,14 +237,19 @@ def test_every_function_gets_auth_from_the_stack_parameters(package: dict[str, A
         assert variables["WS_AUTH_MAX_TOKEN_LIFETIME_SECONDS"] == {
             "Ref": "AuthMaxTokenLifetimeSeconds"}, logical_id
         assert variables["WS_ALLOWED_ORIGINS"] == {"Ref": "AllowedOrigins"}, logical_id
+        # The secret's name or ARN, never the secret (no plaintext WS_AUTH_SECRET).
+        assert variables["WS_AUTH_SECRET_PARAMETER"] == {"Ref": "AuthSecretParameterName"}
+        assert variables["WS_AUTH_SECRET_ARN"] == {"Ref": "AuthSecretArn"}, logical_id
         assert "WS_AUTH_SECRET" not in variables, logical_id
     parameters = template["Parameters"]
     jwks = parameters["AuthJwksUrl"]
-    assert "Default" not in jwks, "AuthJwksUrl must be required: no stack without auth"
+    # Optional since a secret may be fetched instead; the AuthMode rule wants exactly one mode
+    # (test_auth_mode_rule_wants_exactly_one_mode), so there is still no stack without auth.
+    assert jwks["Default"] == ""
     pattern = re.compile(jwks["AllowedPattern"])
     assert pattern.fullmatch(
         "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc/.well-known/jwks.json")
-    for bad in ("", "http://idp.example.com/jwks.json", "cognito-idp.amazonaws.com"):
+    for bad in ("http://idp.example.com/jwks.json", "cognito-idp.amazonaws.com"):
         assert not pattern.fullmatch(bad), bad
     for name in ("AuthAudience", "AuthClientId", "AuthTokenUse", "AllowedOrigins"):
         assert parameters[name]["Default"] == "", name
@@ -279,6 +287,102 @@ def test_empty_optional_auth_parameters_mean_not_configured() -> None:
     # And an empty JWKS URL is "no authentication", which Lambda refuses.
     with pytest.raises(ConfigError, match="WS_AUTH_JWKS_URL"):
         Settings.from_env({**scoped, "WS_AUTH_JWKS_URL": ""})
+
+
+def _evaluate(node: Any, values: dict[str, str]) -> Any:
+    """A Rules assertion or Conditions expression evaluated for parameter ``values``."""
+    if isinstance(node, dict) and len(node) == 1:
+        [(function, argument)] = node.items()
+        if function == "Ref":
+            return values[argument]
+        if function == "Fn::Equals":
+            left, right = (_evaluate(item, values) for item in argument)
+            return left == right
+        if function == "Fn::Not":
+            return not _evaluate(argument[0], values)
+        if function == "Fn::And":
+            return all(_evaluate(item, values) for item in argument)
+        if function == "Fn::Or":
+            return any(_evaluate(item, values) for item in argument)
+    assert isinstance(node, str), node
+    return node
+
+
+MODES = ("AuthJwksUrl", "AuthSecretParameterName", "AuthSecretArn")
+
+
+@pytest.mark.parametrize("given", [(), *((m,) for m in MODES),
+                                   *((a, b) for a in MODES for b in MODES if a < b), MODES])
+def test_auth_mode_rule_wants_exactly_one_mode(
+    package: dict[str, Any], given: tuple[str, ...]
+) -> None:
+    [assertion] = package["template"]["Rules"]["AuthMode"]["Assertions"]
+    values = {mode: ("set" if mode in given else "") for mode in MODES}
+    assert _evaluate(assertion["Assert"], values) is (len(given) == 1), given
+
+
+def test_secret_parameters_take_names_and_arns_only(package: dict[str, Any]) -> None:
+    parameters = package["template"]["Parameters"]
+    cases = {
+        "AuthSecretParameterName": (["", "/ws-rooms/prod/auth-secret", "/a"],
+                                    ["ws-rooms", "/has space", "arn:aws:ssm:x", "/a*"]),
+        "AuthSecretArn": ([
+            "", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ws-rooms/auth-AbC123"],
+            ["arn:aws:secretsmanager:eu-west-1:123456789012:secret:auth",
+             "arn:aws:ssm:eu-west-1:123456789012:parameter/x", "ws-rooms/auth", "*"]),
+        "AuthSecretKmsKeyArn": ([
+            "", "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"],
+            ["arn:aws:kms:eu-west-1:123456789012:alias/aws/ssm", "*", "alias/mine"]),
+        "TableKmsKeyArn": ([
+            "", "arn:aws-us-gov:kms:us-gov-west-1:123456789012:key/1234abcd-12ab"],
+            ["arn:aws:kms:eu-west-1:123456789012:alias/aws/dynamodb", "*",
+             "arn:aws:kms:eu-west-1:123456789012:key/*"]),
+    }
+    for name, (good, bad) in cases.items():
+        parameter = parameters[name]
+        assert parameter["Type"] == "String" and parameter["Default"] == "", name
+        pattern = re.compile(parameter["AllowedPattern"])
+        assert all(pattern.fullmatch(value) for value in good), name
+        assert not [value for value in bad if pattern.fullmatch(value)], name
+    conditions = package["template"]["Conditions"]
+    for condition, parameter_name in {**SECRET_CONDITIONS,
+                                      "HasTableKmsKey": "TableKmsKeyArn"}.items():
+        for value, holds in (("", False), ("x", True)):
+            assert _evaluate(conditions[condition], {parameter_name: value}) is holds
+
+
+def test_table_is_encrypted_with_kms(package: dict[str, Any], resources: dict[str, Any]) -> None:
+    """SSE-KMS always: the AWS managed key (aws/dynamodb) by default, the customer managed key
+    TableKmsKeyArn names otherwise; the same in the standalone template."""
+    expected = {"SSEEnabled": True, "SSEType": "KMS", "KMSMasterKeyId": {
+        "Fn::If": ["HasTableKmsKey", {"Ref": "TableKmsKeyArn"}, {"Ref": "AWS::NoValue"}]}}
+    assert resources["ConnectionsTable"]["Properties"]["SSESpecification"] == expected
+    standalone = json.loads((ROOT / "deploy" / "resources.json").read_text())
+    assert standalone["Resources"]["ConnectionsTable"]["Properties"]["SSESpecification"] == (
+        expected)
+    assert standalone["Conditions"]["HasTableKmsKey"] == (
+        package["template"]["Conditions"]["HasTableKmsKey"])
+    assert package["template"]["Parameters"]["TableKmsKeyArn"]["Default"] == ""
+
+
+def test_reserved_concurrency_is_a_parameter_per_function(
+    package: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    template = package["template"]
+    pattern_of = {}
+    for logical_id in policies.FUNCTIONS:
+        name = reserved_concurrency_parameter(logical_id)
+        parameter = template["Parameters"][name]
+        assert parameter["Type"] == "String" and parameter["Default"] == "", name
+        pattern_of[name] = re.compile(parameter["AllowedPattern"])
+        assert resources[logical_id]["Properties"]["ReservedConcurrentExecutions"] == {
+            "Fn::If": [f"Has{name}", {"Ref": name}, {"Ref": "AWS::NoValue"}]}
+        condition = template["Conditions"][f"Has{name}"]
+        assert _evaluate(condition, {name: ""}) is False  # default: unreserved
+        assert _evaluate(condition, {name: "10"}) is True
+    for pattern in pattern_of.values():
+        assert all(pattern.fullmatch(v) for v in ("", "0", "10", "1000"))
+        assert not [v for v in ("-1", "1.5", "ten", " 5") if pattern.fullmatch(v)]
 
 
 def _parameter_value(template: dict[str, Any], value: Any) -> Any:
@@ -367,12 +471,23 @@ def test_rest_route_uses_the_iam_authorizer(resources: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------- IAM
 
 
+def _unconditional(statement: dict[str, Any]) -> dict[str, Any]:
+    """A statement, or the statement an ``Fn::If`` grants when its stack condition holds (with
+    ``"If": condition`` added); the other branch must be no statement at all."""
+    branches = statement.get("Fn::If")
+    if branches is None:
+        return statement
+    condition, granted, otherwise = branches
+    assert otherwise == {"Ref": "AWS::NoValue"}, statement
+    return {**granted, "If": condition}
+
+
 def _statements(resources: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     for logical_id, resource in resources.items():
         if resource["Type"] == "AWS::IAM::Role":
             for policy in resource["Properties"].get("Policies", []):
                 for statement in policy["PolicyDocument"]["Statement"]:
-                    yield logical_id, statement
+                    yield logical_id, _unconditional(statement)
             assert not resource["Properties"].get("ManagedPolicyArns"), logical_id
         elif resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
             for statement in resource["Properties"]["PolicyDocument"]["Statement"]:
@@ -422,7 +537,29 @@ def test_static_policy_files_have_no_wildcard_resources() -> None:
             assert "*" not in _as_list(statement["Resource"])
 
 
+#: Which function sends to which queue, as tests/deploy/test_function_queues.py observes it by
+#: driving each handler: only $connect sends to the welcome queue; every function that can
+#: deliver to a room (a presence leave included: $disconnect, the sweep, a follow-up or worker
+#: pruning a gone member) may hand a large room to the fan-out queue.
+QUEUE_SENDERS = {
+    "WelcomeQueueSend": {"websocket_connect"},
+    "FanOutQueueSend": {"api_handler", "websocket_message", "websocket_disconnect",
+                        "welcome_follow_up", "sweep", "fan_out_worker"},
+}
+
+
+def test_queue_senders_are_the_policies_lists() -> None:
+    assert set(policies.WELCOME_PRODUCERS) == QUEUE_SENDERS["WelcomeQueueSend"]
+    assert set(policies.FANOUT_PRODUCERS) == QUEUE_SENDERS["FanOutQueueSend"]
+    assert set(policies.TOKEN_VERIFIERS) == {"websocket_connect"}
+    # app.py: only $connect builds the gate that verifies tokens.
+    source = (ROOT / "app.py").read_text()
+    assert source.count("connect_gate()") == 1
+    assert "def connect(" in source.split("connect_gate()")[0].rsplit("@app.", 1)[1]
+
+
 def test_each_role_grants_exactly_what_the_code_calls(resources: dict[str, Any]) -> None:
+    via = "${AWS::Region}.${AWS::URLSuffix}"
     for logical_id, (name, role_id) in policies.FUNCTIONS.items():
         assert resources[logical_id]["Properties"]["Role"] == {"Fn::GetAtt": [role_id, "Arn"]}
         by_sid = {s["Sid"]: s for rid, s in _statements(resources) if rid == role_id}
@@ -430,9 +567,39 @@ def test_each_role_grants_exactly_what_the_code_calls(resources: dict[str, Any])
         expected = {("Logs", a) for a in policies.LOGS_ACTIONS}
         expected |= {("ConnectionsTable", a) for a in policies.DYNAMODB_TABLE_ACTIONS}
         expected |= {("ConnectionsTableIndex", "dynamodb:Query"),
-                     ("WelcomeQueueSend", "sqs:SendMessage"),
                      ("ManageConnections", "execute-api:ManageConnections")}
-        if name in policies.FANOUT_PRODUCERS:
+        # The table's customer managed key: every function uses the table; only with a key,
+        # only that key, only through DynamoDB.
+        expected |= {("TableKey", "kms:Decrypt"), ("TableKey", "kms:GenerateDataKey")}
+        key = by_sid["TableKey"]
+        assert key["If"] == "HasTableKmsKey"
+        assert key["Resource"] == [{"Ref": "TableKmsKeyArn"}]
+        assert key["Condition"] == {"StringEquals": {"kms:ViaService": {
+            "Fn::Sub": f"dynamodb.{via}"}}}
+        unconditional = {sid for sid, s in by_sid.items() if "If" not in s}
+        assert unconditional == set(by_sid) - {
+            "TableKey", "AuthSecretParameter", "AuthSecret", "AuthSecretKey"}, role_id
+        if name in QUEUE_SENDERS["WelcomeQueueSend"]:
+            expected |= {("WelcomeQueueSend", "sqs:SendMessage")}
+            assert by_sid["WelcomeQueueSend"]["Resource"] == [
+                {"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]
+        if name == "websocket_connect":
+            # The shared secret, when the stack reads one: that parameter or secret only, and
+            # its customer managed key only through SSM or Secrets Manager.
+            expected |= {("AuthSecretParameter", "ssm:GetParameter"),
+                         ("AuthSecret", "secretsmanager:GetSecretValue"),
+                         ("AuthSecretKey", "kms:Decrypt")}
+            assert by_sid["AuthSecretParameter"]["If"] == "HasAuthSecretParameter"
+            assert by_sid["AuthSecretParameter"]["Resource"] == [{"Fn::Sub": (
+                "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}"
+                ":parameter${AuthSecretParameterName}")}]
+            assert by_sid["AuthSecret"]["If"] == "HasAuthSecretArn"
+            assert by_sid["AuthSecret"]["Resource"] == [{"Ref": "AuthSecretArn"}]
+            assert by_sid["AuthSecretKey"]["If"] == "HasAuthSecretKmsKey"
+            assert by_sid["AuthSecretKey"]["Resource"] == [{"Ref": "AuthSecretKmsKeyArn"}]
+            assert by_sid["AuthSecretKey"]["Condition"] == {"StringEquals": {"kms:ViaService": [
+                {"Fn::Sub": f"ssm.{via}"}, {"Fn::Sub": f"secretsmanager.{via}"}]}}
+        if name in QUEUE_SENDERS["FanOutQueueSend"]:
             expected |= {("FanOutQueueSend", "sqs:SendMessage")}
             assert by_sid["FanOutQueueSend"]["Resource"] == [
                 {"Fn::GetAtt": ["FanOutQueue", "Arn"]}]
@@ -445,7 +612,6 @@ def test_each_role_grants_exactly_what_the_code_calls(resources: dict[str, Any])
             {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}]
         assert by_sid["ConnectionsTableIndex"]["Resource"] == [
             {"Fn::Sub": f"${{ConnectionsTable.Arn}}/index/{LAST_SEEN_INDEX}"}]
-        assert by_sid["WelcomeQueueSend"]["Resource"] == [{"Fn::GetAtt": ["WelcomeQueue", "Arn"]}]
         for arn in by_sid["ManageConnections"]["Resource"]:
             assert re.fullmatch(
                 r"arn:\$\{AWS::Partition\}:execute-api:\$\{AWS::Region\}:\$\{AWS::AccountId\}:"
@@ -480,6 +646,22 @@ def test_policies_cover_exactly_the_api_calls_in_the_code() -> None:
     assert fanout == {"sqs:SendMessageBatch"}
     management = _calls("chalicelib/delivery.py", "self.client")
     assert management == {"post_to_connection", "get_connection"}  # POST and GET @connections
+
+
+def test_static_policy_files_grant_per_function_queues() -> None:
+    """Chalice's default file is shared by every function without its own (so it sends to both
+    queues); each consumer's file sends to the fan-out queue only; none grants KMS, SSM or
+    Secrets Manager (chalice deploy users add those: docs/deploy.md)."""
+    for stage in policies.STAGES:
+        for filename, sends in ((f"{stage}.json", {"WelcomeQueueSend", "FanOutQueueSend"}),
+                                (f"{stage}-welcome_follow_up.json", {"FanOutQueueSend"}),
+                                (f"{stage}-fan_out_worker.json", {"FanOutQueueSend"})):
+            statements = json.loads((ROOT / "deploy" / "iam" / filename).read_text())["Statement"]
+            sids = {s["Sid"] for s in statements}
+            assert {sid for sid in sids if sid.endswith("Send")} == sends, filename
+            actions = {a for s in statements for a in _as_list(s["Action"])}
+            assert not [a for a in actions if a.split(":")[0] in (
+                "kms", "ssm", "secretsmanager")], filename
 
 
 def test_static_policy_files_are_up_to_date() -> None:
