@@ -22,7 +22,6 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -57,6 +56,8 @@ PROSE: dict[tuple[str, str | None], str] = {
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 COMMAND = re.compile(r"python -m ([A-Za-z_][\w.]*)")
+#: A word after the module may be a subcommand (``python -m localgateway invoke FN --event F``).
+SUBCOMMAND = re.compile(r" ([a-z][a-z0-9_-]*)(?=[ `\n]|$)")
 MAKE = re.compile(r"\bmake ([a-z][a-z0-9_-]*)")
 ARGS = re.compile(r"ARGS=\"([^\"]*)\"")
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -69,6 +70,11 @@ class Mention:
     line: int
     command: str
     flag: str
+    #: The word after the module on a command line, when there is one: a subcommand candidate
+    #: (checked against ``python -m MODULE WORD --help`` when that is a subcommand's help).
+    sub: str | None = None
+    #: A bare flag in prose (attributed by ``PROSE``), not on a command line.
+    prose: bool = False
 
 
 def _line_of(text: str, index: int) -> int:
@@ -94,8 +100,10 @@ def command_mentions(doc: str, text: str) -> Iterator[Mention]:
     for match in COMMAND.finditer(text):
         module = match.group(1).rstrip(".")
         end = _command_end(text, match.end())
+        word = SUBCOMMAND.match(text, match.end(), end)
+        sub = word.group(1) if word else None
         for flag in FLAG.finditer(text, match.end(), end):
-            yield Mention(doc, _line_of(text, flag.start()), module, flag.group())
+            yield Mention(doc, _line_of(text, flag.start()), module, flag.group(), sub)
     for match in ARGS.finditer(text):
         for flag in FLAG.findall(match.group(1)):
             yield Mention(doc, _line_of(text, match.start()), "localgateway", flag)
@@ -134,7 +142,7 @@ def prose_mentions(doc: str, text: str) -> Iterator[Mention]:
         for flag in FLAG.finditer(text, start, end):
             if any(s <= flag.start() < e for s, e in spans):
                 continue
-            yield Mention(doc, _line_of(text, flag.start()), command, flag.group())
+            yield Mention(doc, _line_of(text, flag.start()), command, flag.group(), prose=True)
 
 
 def flag_mentions(doc: str, text: str) -> list[Mention]:
@@ -165,17 +173,26 @@ def help_flags(help_text: str) -> set[str]:
 
 
 @cache
-def all_help() -> dict[str, str]:
-    def run(module: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
-            timeout=60,
-        )
+def help_text(module: str, sub: str | None = None) -> str | None:
+    """``python -m MODULE [SUB] --help``. With ``sub``: None unless SUB is a subcommand (its
+    usage line names it; a positional argument would get the module's own help instead)."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *([sub] if sub else []), "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    if sub is None:
         assert result.returncode == 0, f"python -m {module} --help: {result.stderr}"
         return result.stdout
+    usage = result.stdout.split("\n", 1)[0]
+    is_sub = result.returncode == 0 and re.search(rf"\b{re.escape(module)} {re.escape(sub)}\b",
+                                                  usage)
+    return result.stdout if is_sub else None
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(COMMANDS, pool.map(run, COMMANDS), strict=True))
+
+def accepted_flags(module: str, sub: str | None = None) -> set[str]:
+    """The flags of ``python -m MODULE SUB`` when SUB is a subcommand, else of the module."""
+    text = help_text(module, sub) if sub else None
+    return help_flags(text if text is not None else help_text(module) or "")
 
 
 def makefile_targets() -> set[str]:
@@ -206,12 +223,17 @@ def test_every_make_target_in_the_docs_exists() -> None:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_flag_the_docs_give_a_command_is_in_its_help(command: str) -> None:
-    accepted = help_flags(all_help()[command])
-    assert "--help" in accepted, all_help()[command]
+    assert "--help" in accepted_flags(command), help_text(command)
     mentions = [m for doc, text in _docs() for m in flag_mentions(doc, text)
                 if m.command == command]
-    unknown = sorted({f"{m.doc}:{m.line}: {m.flag}" for m in mentions
-                      if m.flag not in accepted})
+    # Prose about a command may be about any of its subcommands the docs show.
+    prose_ok = accepted_flags(command).union(
+        *(accepted_flags(command, m.sub) for m in mentions if m.sub)
+    )
+    unknown = sorted(
+        f"{m.doc}:{m.line}: {m.flag}" for m in set(mentions)
+        if m.flag not in (prose_ok if m.prose else accepted_flags(command, m.sub))
+    )
     assert not unknown, (
         f"flags the docs give `python -m {command}` that its --help does not list:\n"
         + "\n".join(unknown)
@@ -245,6 +267,7 @@ python -m localgateway [--port 8000] \\
     [--ws-port 8001]
 aws cloudformation deploy --stack-name x
 TOKEN="$(python -m localgateway.token --sub a)" # --ttl 60
+python -m localgateway invoke FN [--event FILE]
 ```
 
 Run `make run ARGS="--throttle-rate 0.1"` or `make nothing-here`; make sure of it.
@@ -267,8 +290,17 @@ def test_the_extractor_attributes_flags_to_their_command() -> None:
         ("localgateway.token", "--ttl"),
         ("localgateway", "--throttle-rate"),
         ("deploy.package", "--stage"),
+        ("localgateway", "--event"),
     }
+    subs = {(m.flag, m.sub) for m in flag_mentions("README.md", SAMPLE) if not m.prose}
+    assert ("--event", "invoke") in subs and ("--port", None) in subs
     assert make_mentions(SAMPLE) == {"run", "nothing-here"}
+
+
+def test_a_positional_word_is_not_taken_for_a_subcommand() -> None:
+    assert help_text("wsrooms_client", "lobby") is None  # `url` is positional: the main help
+    assert accepted_flags("wsrooms_client", "lobby") == accepted_flags("wsrooms_client")
+    assert "--token-file" in accepted_flags("wsrooms_client")
 
 
 def test_help_flags_reads_options_not_descriptions() -> None:
