@@ -1,14 +1,30 @@
 # Every target creates the virtualenv on first use, so a fresh clone needs only `make test`.
+# `make run` installs only what the gateway needs (requirements-run.txt, RUN_STAMP); the first
+# target that needs more (test, lint, bench...) installs requirements-dev.txt on top (STAMP).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# pytest workers for `make test` (pytest-xdist): one per CPU, at most 4. A test file always
+# runs whole on one worker (--dist loadfile), so module and session fixtures stay shared.
+PYTEST_WORKERS ?= auto
+XDIST := -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile
+# `make test-fast`: unit, protocol and store contract tests, and the docs check; no gateway, no
+# browser, no lint (about 13 s on 2 shared cores).
+FAST_TESTS := tests/test_protocol.py tests/test_capabilities.py tests/test_events.py \
+	tests/test_delivery.py tests/test_retry.py tests/test_fanout.py tests/store tests/client \
+	tests/test_docs.py
 
-.PHONY: test lint typecheck unit run venv clean browser soak bench bench-quick capacity
+.PHONY: test test-fast lint typecheck unit run venv clean browser soak bench bench-quick capacity
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(RUN_STAMP): requirements.txt requirements-run.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-run.txt
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -20,14 +36,18 @@ typecheck: $(STAMP)
 	$(PY) -m mypy
 
 unit: $(STAMP) browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
+
+# The inner loop: no lint, no gateway subprocesses, no browser.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q $(FAST_TESTS)
 
 # Debian's Chromium for the Playwright browser tests (downloading a browser is not possible here).
 browser:
 	scripts/install-browser.sh
 
 # The local gateway: REST on :8000, WebSocket on ws://127.0.0.1:8001/api (flags: ARGS="...").
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(PY) -m localgateway --project-dir . --env-file local.env --static web $(ARGS)
 
 test: lint typecheck unit

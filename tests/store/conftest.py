@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from tests.support.aws import offline_aws
 from .fakes import FakeClock, no_sleep
 
 TABLE = "connections-test"
+
+
+@cache
+def _session() -> boto3.session.Session:
+    """One boto3 session for every DynamoDB store: a client from a new session re-reads the
+    service model (~0.1 s; the contract suite creates a hundred). moto intercepts this session's
+    clients like any other (it hooks every session created after moto is imported)."""
+    return boto3.session.Session()
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +55,10 @@ def store(
         sqlite_store.close()
     else:
         with mock_aws():
-            client = boto3.client("dynamodb", region_name="us-east-1")
+            client = _session().client(
+                "dynamodb", region_name="us-east-1",
+                aws_access_key_id="testing", aws_secret_access_key="testing",
+            )
             client.create_table(**table_definition(TABLE))
             serialize_requests(client)
             yield DynamoDbStore(TABLE, client, clock=clock, sleep=no_sleep)
