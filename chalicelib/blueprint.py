@@ -31,6 +31,7 @@ from chalice.app import (
     IAMAuthorizer,
     Rate,
     SQSEvent,
+    WebsocketAPI,
     WebsocketEvent,
 )
 
@@ -46,33 +47,77 @@ PUSH_ROUTE = "/rooms/{room}/messages"
 
 #: What Chalice reads from ``requestContext`` before any handler or middleware runs.
 _WS_CONTEXT_KEYS = ("apiId", "stage", "domainName", "connectionId")
-#: The blueprint's WebSocket handlers, guarded against malformed events when registered.
-_GUARDED = ("connect", "message", "disconnect")
 
 LOG = logging.getLogger("chalicelib.rooms")
 
 
+def validate_settings() -> None:
+    """At cold start (importing the blueprint): a bad setting fails the import naming the
+    variable (ConfigError), once, instead of failing every invocation; the effective security
+    mode is logged."""
+    from chalicelib.settings import Settings
+
+    settings = Settings.from_env(os.environ)
+    if settings.auth_secret is not None:
+        auth = "HS256 shared secret"
+    elif settings.auth_secret_parameter is not None or settings.auth_secret_arn is not None:
+        auth = "HS256 secret from SSM Parameter Store or Secrets Manager"
+    elif settings.auth_jwks_url is not None:
+        auth = f"JWKS {settings.auth_jwks_url}"
+    else:
+        auth = "OFF (no WS_AUTH_SECRET or WS_AUTH_JWKS_URL; local development only)"
+    # chalicelib's logger: the runtime's log in Lambda and in local containers, never stdout.
+    logging.getLogger("chalicelib.security").info(
+        "security: authentication %s; origins %s; rate limit %s; %d rooms per connection;"
+        " data up to %d bytes",
+        auth,
+        ", ".join(settings.allowed_origins) or "not checked",
+        f"{settings.rate_limit} per {settings.rate_window_seconds} s"
+        if settings.rate_limit else "off",
+        settings.max_rooms_per_connection,
+        settings.max_data_bytes,
+    )
+
+
+validate_settings()
+
+
 class RoomsBlueprint(Blueprint):
-    """A blueprint that also guards its WebSocket handlers once it is registered."""
+    """A blueprint whose WebSocket handlers work like an app's.
+
+    Chalice 1.34 leaves a blueprint's WebSocket handlers unwrapped (no ``WebsocketEvent``) and
+    without the app's middleware; this class gives the blueprint a ``WebsocketAPI`` so the
+    decorators wrap them, and on registration hands them the app's WebSocket middleware and
+    puts the malformed-event guard in the app's handler map (Lambda calls the module's guarded
+    functions directly).
+    """
+
+    def __init__(self, import_name: str) -> None:
+        super().__init__(import_name)
+        self.websocket_api = WebsocketAPI()
+        self.guarded: dict[str, Any] = {}
 
     def register(self, app: Chalice, options: dict[str, Any]) -> None:
         super().register(app, options)
         prefix = options.get("name_prefix") or ""
-        for name in _GUARDED:
-            _guard(app, prefix + name)
+        for name, guarded in self.guarded.items():
+            wrapped: Any = app.handler_map[prefix + name]
+            wrapped.middleware_handlers = app._get_middleware_handlers("websocket")
+            app.handler_map[prefix + name] = guarded
 
 
 rooms = RoomsBlueprint(__name__)
 
 
-def _guard(app: Chalice, name: str) -> None:
+def _guarded(handler: Any) -> Any:
     """Answer a malformed WebSocket event with 400 instead of raising.
 
     API Gateway never sends one, but Chalice would raise KeyError building the event (before
     any middleware) and :mod:`chalicelib.events` raises BadEventError: Lambda would report an
     error (502 on ``$connect``, "Internal server error" to a client).  Logged, never raised.
+    Wraps the handler Chalice returns, so the module attribute Lambda calls is the guard.
     """
-    handler = app.handler_map[name]
+    name = handler.func.__name__
 
     def guarded(event: Any, context: Any) -> Any:
         from chalicelib.errors import BadEventError
@@ -87,10 +132,12 @@ def _guard(app: Chalice, name: str) -> None:
         except BadEventError as exc:
             from chalicelib.redaction import loggable
 
-            rooms.log.error("malformed WebSocket event for %s: %s", name, loggable(exc))
+            LOG.error("malformed WebSocket event for %s: %s", name, loggable(exc))
             return {"statusCode": 400}
 
-    app.handler_map[name] = guarded
+    guarded.__name__ = name
+    rooms.guarded[name] = guarded
+    return guarded
 
 
 @rooms.middleware("all")
@@ -117,6 +164,7 @@ def _endpoint(event: dict[str, Any]) -> tuple[Any, str]:
     return ctx, management_endpoint(ctx, override=settings_endpoint, region=region)
 
 
+@_guarded
 @rooms.on_ws_connect()
 def connect(event: WebsocketEvent) -> dict[str, Any]:
     from chalicelib.auth import AuthError, JwksUnavailableError
@@ -124,6 +172,7 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
     from chalicelib.metrics import AUTH_REFUSED
     from chalicelib.redaction import loggable
     from chalicelib.runtime import connect_gate, recorder
+    from chalicelib.secret_source import SecretUnavailableError
 
     raw = event.to_dict()
     ctx, endpoint = _endpoint(raw)
@@ -140,7 +189,9 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
         rooms.log.info("$connect %s from %s refused with %d: %s", loggable(ctx.connection_id),
                        loggable(ctx.source_ip), exc.status, loggable(exc.reason, 500))
         return {"statusCode": exc.status}
-    except JwksUnavailableError as exc:
+    except (JwksUnavailableError, SecretUnavailableError) as exc:
+        # No key to verify with (JWKS, or the HS256 secret from SSM/Secrets Manager): a
+        # server-side problem, retried with backoff; the text never holds the secret.
         rooms.log.error("$connect %s refused with 503: %s", loggable(ctx.connection_id),
                         loggable(exc, 500))
         return {"statusCode": 503}
@@ -149,6 +200,7 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
     return {"statusCode": 200}
 
 
+@_guarded
 @rooms.on_ws_message()
 def message(event: WebsocketEvent) -> None:
     raw = event.to_dict()
@@ -156,6 +208,7 @@ def message(event: WebsocketEvent) -> None:
     _messaging().on_message(ctx, endpoint, raw.get("body"), bool(raw.get("isBase64Encoded")))
 
 
+@_guarded
 @rooms.on_ws_disconnect()
 def disconnect(event: WebsocketEvent) -> None:
     ctx, endpoint = _endpoint(event.to_dict())
@@ -238,3 +291,26 @@ def push_to_room(room: str) -> dict[str, Any]:
     except PushError as exc:
         raise BadRequestError(str(exc)) from None
     return counts.as_dict()
+
+
+def _ensure_registered() -> None:
+    """Register the blueprint when Lambda imports this module on its own.
+
+    A blueprint function's Lambda handler is this module's attribute
+    (``chalicelib.blueprint.connect``), so Lambda imports this module, not app.py: nothing would
+    register the blueprint to the app, and its log and middleware would be missing.  Importing
+    the app (Chalice's entry module, ``app``) registers it; when app.py is what imported us, the
+    import returns the module being initialised and changes nothing.
+    """
+    if rooms._current_app is not None:
+        return
+    import importlib
+
+    try:
+        importlib.import_module("app")
+    except ModuleNotFoundError as exc:
+        if exc.name != "app":
+            raise
+
+
+_ensure_registered()

@@ -110,10 +110,13 @@ class Observability:
         self._tally = tally
         self._app_logger = app_logger
         self._saved = _LoggingState.save(app_logger)
-        self.logger = Logger(service=SERVICE, level=config.level, stream=sys.stdout,
+        # The service is the Chalice app's name (app.log is the logger of that name): Powertools
+        # then logs through app.log itself, whatever app mounts the rooms blueprint.
+        self.service = app_logger.name or SERVICE
+        self.logger = Logger(service=self.service, level=config.level, stream=sys.stdout,
                              logger_formatter=RedactingFormatter())
-        if logging.getLogger(SERVICE) is not app_logger:
-            raise RuntimeError(f"app.log must be the {SERVICE!r} logger")
+        if logging.getLogger(self.service) is not app_logger:
+            raise RuntimeError(f"app.log must be the {self.service!r} logger")
         # Chalice's plain-text stdout handler would print every line a second time.
         for handler in list(app_logger.handlers):
             if _is_chalice_handler(handler):
@@ -125,7 +128,7 @@ class Observability:
             library = logging.getLogger(name)
             library.addHandler(self.logger.logger_handler)
             library.propagate = False
-        self.metrics = Metrics(namespace=config.namespace, service=SERVICE)
+        self.metrics = Metrics(namespace=config.namespace, service=self.service)
         self.metrics.set_default_dimensions(stage=config.stage)
         self.cold = True
         self._lock = threading.Lock()

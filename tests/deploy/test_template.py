@@ -552,10 +552,10 @@ def test_queue_senders_are_the_policies_lists() -> None:
     assert set(policies.WELCOME_PRODUCERS) == QUEUE_SENDERS["WelcomeQueueSend"]
     assert set(policies.FANOUT_PRODUCERS) == QUEUE_SENDERS["FanOutQueueSend"]
     assert set(policies.TOKEN_VERIFIERS) == {"websocket_connect"}
-    # app.py: only $connect builds the gate that verifies tokens.
-    source = (ROOT / "app.py").read_text()
+    # The handlers (chalicelib/blueprint.py): only $connect builds the gate that verifies tokens.
+    source = (ROOT / "chalicelib" / "blueprint.py").read_text()
     assert source.count("connect_gate()") == 1
-    assert "def connect(" in source.split("connect_gate()")[0].rsplit("@app.", 1)[1]
+    assert "def connect(" in source.split("connect_gate()")[0].rsplit("@rooms.", 1)[1]
 
 
 def test_each_role_grants_exactly_what_the_code_calls(resources: dict[str, Any]) -> None:
