@@ -31,7 +31,7 @@ from localgateway.containers import (
     ContainerInvoker,
     default_max_containers,
 )
-from localgateway.core import Chaos, Limits
+from localgateway.core import Chaos, Limits, RequestGuard, normalize_origin
 from localgateway.events import ApiInfo, EventFactory, RandomIdSource, SystemClock
 from localgateway.invoker import InProcessInvoker, InvocationError, Invoker
 from localgateway.project import (
@@ -45,6 +45,7 @@ from localgateway.project import (
 )
 from localgateway.server import GatewayServer, ServerSettings
 from localgateway.sqs import SQS_SERVERS, LocalQueues, QueueSettings, SqsPoller, dlq_name
+from localgateway.view import ContainerOutput, LiveStats
 from localgateway.worker import REST_FUNCTION
 
 LOG = logging.getLogger("localgateway")
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static", default=None, metavar="DIR",
                    help="serve DIR/index.html at / and DIR/FILE at /static/FILE "
                         "(relative to the project directory; default: nothing)")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (scheme://host[:port]) whose pages may open WebSockets "
+                        "and call /_gateway/ control endpoints, besides the gateway's own "
+                        "(repeatable; clients that send no Origin are always allowed)")
     p.add_argument("--sqs-server", choices=SQS_SERVERS, default="builtin",
                    help="the local SQS endpoint: the gateway's own (default) or moto")
     p.add_argument("--sqs-visibility-timeout", type=int, default=30,
@@ -264,7 +269,9 @@ class LocalGateway:
         if static and os.path.exists(os.path.join(static, "index.html")):
             print(f"  Demo page:       http://{self.domain}/  (open it in two tabs and chat)",
                   flush=True)
-        print(f"  Management API:  {self.management_endpoint}  (WS_MANAGEMENT_ENDPOINT)",
+        print(f"  Management API:  {self.management_endpoint}  (WS_MANAGEMENT_ENDPOINT; "
+              "SigV4-signed requests only)", flush=True)
+        print(f"  Live view:       http://{self.domain}/_gateway/  (JSON: /_gateway/stats)",
               flush=True)
         if self.queues is not None:
             for name, url in self.queues.queue_urls.items():
@@ -273,8 +280,8 @@ class LocalGateway:
                 print(f"  Dead letters:    {dlq_name(name)} -> {url}  (after "
                       f"{self.queues.settings.max_receive_count} receives of {name})", flush=True)
         for name in self.project.functions().schedules:
-            print(f"  Schedule:        POST http://{self.domain}/_gateway/schedule/{name}",
-                  flush=True)
+            print(f"  Schedule:        POST http://{self.domain}/_gateway/schedule/{name}  "
+                  "(Content-Type: application/json)", flush=True)
         warning = exposure_warning(args.host)
         if warning is not None:
             print(warning, file=sys.stderr, flush=True)
@@ -414,6 +421,9 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
             rng=random.Random(args.seed),
         )
         limits = Limits(idle_timeout=args.idle_timeout, hard_timeout=args.hard_timeout)
+        stats = LiveStats()
+        guard = RequestGuard(args.host, frozenset(normalize_origin(o)
+                                                  for o in args.allowed_origin))
         invoker: Invoker
         if args.in_process:
             invoker = InProcessInvoker(lambda: project.app)
@@ -425,6 +435,8 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
                 max_containers=args.max_containers,
                 idle_seconds=args.container_idle,
                 log_level=args.log_level,
+                output=ContainerOutput(stats),
+                on_report=stats.record_invocation,
             )
             invoker = containers
         clock, ids = SystemClock(), RandomIdSource()
@@ -434,7 +446,10 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
             limits, chaos, clock, ids,
             ServerSettings(stage=api_stage, max_workers=args.max_workers,
                            queue_length=args.queue_length,
-                           schedule_interval=args.schedule_interval, static_dir=static_dir),
+                           schedule_interval=args.schedule_interval, static_dir=static_dir,
+                           guard=guard),
+            stats=stats,
+            queue_depths=queues.depths if queues is not None else None,
         )
         gateway = LocalGateway(args, project, server, invoker, env, management_endpoint, domain,
                                queues, containers)

@@ -493,7 +493,8 @@ def store_counts(db_path: Path) -> tuple[int, int]:
 
 
 def trigger_sweep(gw: Gateway) -> dict[str, Any]:
-    request = urllib.request.Request(f"{gw.gateway_url}/_gateway/schedule/sweep", method="POST")
+    request = urllib.request.Request(f"{gw.gateway_url}/_gateway/schedule/sweep", method="POST",
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         result: dict[str, Any] = json.loads(response.read())["result"]
     return result
