@@ -40,7 +40,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "WS_ALLOWED_ORIGINS": ALLOWED,
         "CONNECTIONS_STORE": f"sqlite:///{tmp}/c.db",
     })
-    with running_gateway(str(ROOT), extra_args=["--stage", "test"], env=env) as gw:
+    # The gateway's own Origin rule (issue 15 item 4) lets the configured page origin through;
+    # the app's WS_ALLOWED_ORIGINS then decides, as on AWS.
+    with running_gateway(str(ROOT), extra_args=["--stage", "test", "--allowed-origin", ALLOWED],
+                         env=env) as gw:
         yield gw
 
 
