@@ -130,7 +130,7 @@ def test_own_configured_and_absent_origins_open_a_websocket(gateway: Gateway) ->
     assert run(opens(CONFIGURED_ORIGIN)) == "hello"  # --allowed-origin
 
 
-# ----- @connections: SigV4-shaped requests only ----------------------------------------------------
+# ----- @connections: SigV4-shaped requests only --------------------------------------------
 
 
 def test_unsigned_management_calls_are_refused_and_change_nothing(gateway: Gateway) -> None:
