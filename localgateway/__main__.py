@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,13 @@ from localgateway.containers import (
     ContainerInvoker,
     default_max_containers,
 )
-from localgateway.core import Chaos, Limits, RequestGuard, normalize_origin
+from localgateway.core import (
+    SIGV4_AUTHORIZATION,
+    Chaos,
+    Limits,
+    RequestGuard,
+    normalize_origin,
+)
 from localgateway.events import ApiInfo, EventFactory, RandomIdSource, SystemClock
 from localgateway.invoker import InProcessInvoker, InvocationError, Invoker
 from localgateway.project import (
@@ -167,7 +174,33 @@ def without_query_values(request_line: str) -> str:
 
 
 class QuietRequestHandler(ChaliceRequestHandler):
-    """chalice's handler writes request lines straight to stderr, query strings included."""
+    """chalice's handler writes request lines straight to stderr, query strings included.
+
+    Also refuses (403) a ``Host`` that is not loopback, an IP literal or ``--host`` (DNS
+    rebinding), like the WebSocket port.
+    """
+
+    def __init__(self, *args: Any, guard: RequestGuard | None = None, **kwargs: Any) -> None:
+        self.guard = guard or RequestGuard()
+        super().__init__(*args, **kwargs)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        host = self.headers.get("Host")
+        if self.guard.host_allowed(host):
+            return True
+        body = json.dumps({"message": f"Host {host!r} is not allowed"}).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+        LOG.warning("refused %s %s with 403: Host %r is not allowed", self.command,
+                    self.path.split("?", 1)[0], host)
+        return False
 
     def log_message(self, format: str, *args: Any) -> None:
         line = without_query_values(format % args)
@@ -182,15 +215,45 @@ INTERNAL_SERVER_ERROR = {
 }
 
 
+MISSING_AUTHENTICATION_TOKEN = {
+    "statusCode": 403,
+    "headers": {"Content-Type": "application/json",
+                "x-amzn-ErrorType": "MissingAuthenticationTokenException"},
+    "multiValueHeaders": {},
+    "body": '{"message": "Missing Authentication Token"}',
+}
+
+
+def needs_sigv4(app: Any, event: Mapping[str, Any]) -> bool:
+    """Whether the event's route has ``authorizer=IAMAuthorizer()`` (API Gateway then demands
+    a SigV4 signature; chalice local checks nothing)."""
+    context = event.get("requestContext", {})
+    try:
+        route = app.routes[context.get("resourcePath")][context.get("httpMethod")]
+    except (KeyError, TypeError, AttributeError):
+        return False
+    return type(getattr(route, "authorizer", None)).__name__ == "IAMAuthorizer"
+
+
+def sigv4_shaped(event: Mapping[str, Any]) -> bool:
+    headers = event.get("headers") or {}
+    value = next((str(v) for k, v in headers.items() if str(k).lower() == "authorization"), "")
+    return bool(SIGV4_AUTHORIZATION.match(value.strip()))
+
+
 class RestFunction:
-    """The app as chalice's ``LocalGateway`` sees it, with invocations going to the invoker.
+    """The app as chalice's ``LocalGateway`` sees it, with invocations going to the invoker
+    (None: the app in this process).
 
     Route matching, CORS and local authorizers read the gateway's copy of the app; the
     ``api_handler`` function itself runs in its container. A failure answers 502
-    ``{"message": "Internal server error"}`` like API Gateway.
+    ``{"message": "Internal server error"}`` like API Gateway. A route with
+    ``IAMAuthorizer`` answers 403 ``Missing Authentication Token`` without a SigV4-shaped
+    ``Authorization`` header (so a browser form cannot push to it; the signature itself is not
+    verified).
     """
 
-    def __init__(self, project: Project, invoker: Invoker) -> None:
+    def __init__(self, project: Project, invoker: Invoker | None) -> None:
         self._project = project
         self._invoker = invoker
 
@@ -198,6 +261,13 @@ class RestFunction:
         return getattr(self._project.app, name)
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if needs_sigv4(self._project.app, event) and not sigv4_shaped(event):
+            LOG.warning("refused %s %s with 403: Missing Authentication Token (IAMAuthorizer)",
+                        event.get("httpMethod"), event.get("path"))
+            return dict(MISSING_AUTHENTICATION_TOKEN)
+        if self._invoker is None:
+            result: dict[str, Any] = self._project.app(event, context)
+            return result
         body = event.get("body")
         if isinstance(body, bytes):
             # chalice.local leaves text bodies as bytes; API Gateway sends a string.
@@ -217,14 +287,15 @@ class RestFunction:
 
 
 def make_rest_server(project: Project, host: str, port: int,
-                     invoker: Invoker | None = None) -> LocalDevServer:
+                     invoker: Invoker | None = None,
+                     guard: RequestGuard | None = None) -> LocalDevServer:
     """chalice.local's dev server, dispatching to the current app (in-process when ``invoker``
     is None, else to the ``api_handler`` container)."""
 
     def handler(*args: Any, **kwargs: Any) -> ChaliceRequestHandler:
-        kwargs["app_object"] = project.app if invoker is None else RestFunction(project, invoker)
+        kwargs["app_object"] = RestFunction(project, invoker)
         kwargs["config"] = project.config
-        return QuietRequestHandler(*args, **kwargs)
+        return QuietRequestHandler(*args, guard=guard, **kwargs)
 
     return LocalDevServer(project.app, project.config, host, port, handler_cls=handler)
 
@@ -291,7 +362,8 @@ class LocalGateway:
         self.print_banner()
         self.rest_thread = HTTPServerThread(lambda: make_rest_server(
             self.project, self.args.host, self.args.port,
-            None if self.containers is None else self.invoker))
+            None if self.containers is None else self.invoker,
+            self.server.settings.guard))
         self.rest_thread.start()
         for poller in self.pollers:
             poller.start()
