@@ -418,6 +418,11 @@ def test_chaos_throttle_drop_disconnect_and_hard_timeout(gateway_with: StartWith
         client = mgmt(gateway)
         with pytest.raises(client.exceptions.LimitExceededException):
             client.get_connection(ConnectionId=GONE_ID)
+        # The live view counts the throttle (issue 14 part 5).
+        with urllib.request.urlopen(f"{gateway.gateway_url}/_gateway/stats",
+                                    timeout=10) as response:
+            stats = json.loads(response.read())
+        assert {"method": "GET", "status": 429, "count": 1} in stats["management"]
 
         async def scenario() -> tuple[str, int | None]:
             async with connect(gateway.ws_url) as ws:
