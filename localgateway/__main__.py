@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,13 @@ from localgateway.containers import (
     ContainerInvoker,
     default_max_containers,
 )
-from localgateway.core import Chaos, Limits
+from localgateway.core import (
+    SIGV4_AUTHORIZATION,
+    Chaos,
+    Limits,
+    RequestGuard,
+    normalize_origin,
+)
 from localgateway.events import ApiInfo, EventFactory, RandomIdSource, SystemClock
 from localgateway.invoker import InProcessInvoker, InvocationError, Invoker
 from localgateway.project import (
@@ -45,6 +52,7 @@ from localgateway.project import (
 )
 from localgateway.server import GatewayServer, ServerSettings
 from localgateway.sqs import SQS_SERVERS, LocalQueues, QueueSettings, SqsPoller, dlq_name
+from localgateway.view import ContainerOutput, LiveStats
 from localgateway.worker import REST_FUNCTION
 
 LOG = logging.getLogger("localgateway")
@@ -93,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--static", default=None, metavar="DIR",
                    help="serve DIR/index.html at / and DIR/FILE at /static/FILE "
                         "(relative to the project directory; default: nothing)")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (scheme://host[:port]) whose pages may open WebSockets "
+                        "and call /_gateway/ control endpoints, besides the gateway's own "
+                        "(repeatable; clients that send no Origin are always allowed)")
     p.add_argument("--sqs-server", choices=SQS_SERVERS, default="builtin",
                    help="the local SQS endpoint: the gateway's own (default) or moto")
     p.add_argument("--sqs-visibility-timeout", type=int, default=30,
@@ -162,7 +174,33 @@ def without_query_values(request_line: str) -> str:
 
 
 class QuietRequestHandler(ChaliceRequestHandler):
-    """chalice's handler writes request lines straight to stderr, query strings included."""
+    """chalice's handler writes request lines straight to stderr, query strings included.
+
+    Also refuses (403) a ``Host`` that is not loopback, an IP literal or ``--host`` (DNS
+    rebinding), like the WebSocket port.
+    """
+
+    def __init__(self, *args: Any, guard: RequestGuard | None = None, **kwargs: Any) -> None:
+        self.guard = guard or RequestGuard()
+        super().__init__(*args, **kwargs)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        host = self.headers.get("Host")
+        if self.guard.host_allowed(host):
+            return True
+        body = json.dumps({"message": f"Host {host!r} is not allowed"}).encode()
+        self.send_response(403)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+        LOG.warning("refused %s %s with 403: Host %r is not allowed", self.command,
+                    self.path.split("?", 1)[0], host)
+        return False
 
     def log_message(self, format: str, *args: Any) -> None:
         line = without_query_values(format % args)
@@ -177,15 +215,45 @@ INTERNAL_SERVER_ERROR = {
 }
 
 
+MISSING_AUTHENTICATION_TOKEN = {
+    "statusCode": 403,
+    "headers": {"Content-Type": "application/json",
+                "x-amzn-ErrorType": "MissingAuthenticationTokenException"},
+    "multiValueHeaders": {},
+    "body": '{"message": "Missing Authentication Token"}',
+}
+
+
+def needs_sigv4(app: Any, event: Mapping[str, Any]) -> bool:
+    """Whether the event's route has ``authorizer=IAMAuthorizer()`` (API Gateway then demands
+    a SigV4 signature; chalice local checks nothing)."""
+    context = event.get("requestContext", {})
+    try:
+        route = app.routes[context.get("resourcePath")][context.get("httpMethod")]
+    except (KeyError, TypeError, AttributeError):
+        return False
+    return type(getattr(route, "authorizer", None)).__name__ == "IAMAuthorizer"
+
+
+def sigv4_shaped(event: Mapping[str, Any]) -> bool:
+    headers = event.get("headers") or {}
+    value = next((str(v) for k, v in headers.items() if str(k).lower() == "authorization"), "")
+    return bool(SIGV4_AUTHORIZATION.match(value.strip()))
+
+
 class RestFunction:
-    """The app as chalice's ``LocalGateway`` sees it, with invocations going to the invoker.
+    """The app as chalice's ``LocalGateway`` sees it, with invocations going to the invoker
+    (None: the app in this process).
 
     Route matching, CORS and local authorizers read the gateway's copy of the app; the
     ``api_handler`` function itself runs in its container. A failure answers 502
-    ``{"message": "Internal server error"}`` like API Gateway.
+    ``{"message": "Internal server error"}`` like API Gateway. A route with
+    ``IAMAuthorizer`` answers 403 ``Missing Authentication Token`` without a SigV4-shaped
+    ``Authorization`` header (so a browser form cannot push to it; the signature itself is not
+    verified).
     """
 
-    def __init__(self, project: Project, invoker: Invoker) -> None:
+    def __init__(self, project: Project, invoker: Invoker | None) -> None:
         self._project = project
         self._invoker = invoker
 
@@ -193,6 +261,13 @@ class RestFunction:
         return getattr(self._project.app, name)
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if needs_sigv4(self._project.app, event) and not sigv4_shaped(event):
+            LOG.warning("refused %s %s with 403: Missing Authentication Token (IAMAuthorizer)",
+                        event.get("httpMethod"), event.get("path"))
+            return dict(MISSING_AUTHENTICATION_TOKEN)
+        if self._invoker is None:
+            result: dict[str, Any] = self._project.app(event, context)
+            return result
         body = event.get("body")
         if isinstance(body, bytes):
             # chalice.local leaves text bodies as bytes; API Gateway sends a string.
@@ -212,14 +287,15 @@ class RestFunction:
 
 
 def make_rest_server(project: Project, host: str, port: int,
-                     invoker: Invoker | None = None) -> LocalDevServer:
+                     invoker: Invoker | None = None,
+                     guard: RequestGuard | None = None) -> LocalDevServer:
     """chalice.local's dev server, dispatching to the current app (in-process when ``invoker``
     is None, else to the ``api_handler`` container)."""
 
     def handler(*args: Any, **kwargs: Any) -> ChaliceRequestHandler:
-        kwargs["app_object"] = project.app if invoker is None else RestFunction(project, invoker)
+        kwargs["app_object"] = RestFunction(project, invoker)
         kwargs["config"] = project.config
-        return QuietRequestHandler(*args, **kwargs)
+        return QuietRequestHandler(*args, guard=guard, **kwargs)
 
     return LocalDevServer(project.app, project.config, host, port, handler_cls=handler)
 
@@ -264,7 +340,9 @@ class LocalGateway:
         if static and os.path.exists(os.path.join(static, "index.html")):
             print(f"  Demo page:       http://{self.domain}/  (open it in two tabs and chat)",
                   flush=True)
-        print(f"  Management API:  {self.management_endpoint}  (WS_MANAGEMENT_ENDPOINT)",
+        print(f"  Management API:  {self.management_endpoint}  (WS_MANAGEMENT_ENDPOINT; "
+              "SigV4-signed requests only)", flush=True)
+        print(f"  Live view:       http://{self.domain}/_gateway/  (JSON: /_gateway/stats)",
               flush=True)
         if self.queues is not None:
             for name, url in self.queues.queue_urls.items():
@@ -273,8 +351,8 @@ class LocalGateway:
                 print(f"  Dead letters:    {dlq_name(name)} -> {url}  (after "
                       f"{self.queues.settings.max_receive_count} receives of {name})", flush=True)
         for name in self.project.functions().schedules:
-            print(f"  Schedule:        POST http://{self.domain}/_gateway/schedule/{name}",
-                  flush=True)
+            print(f"  Schedule:        POST http://{self.domain}/_gateway/schedule/{name}  "
+                  "(Content-Type: application/json)", flush=True)
         warning = exposure_warning(args.host)
         if warning is not None:
             print(warning, file=sys.stderr, flush=True)
@@ -284,7 +362,8 @@ class LocalGateway:
         self.print_banner()
         self.rest_thread = HTTPServerThread(lambda: make_rest_server(
             self.project, self.args.host, self.args.port,
-            None if self.containers is None else self.invoker))
+            None if self.containers is None else self.invoker,
+            self.server.settings.guard))
         self.rest_thread.start()
         for poller in self.pollers:
             poller.start()
@@ -414,6 +493,9 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
             rng=random.Random(args.seed),
         )
         limits = Limits(idle_timeout=args.idle_timeout, hard_timeout=args.hard_timeout)
+        stats = LiveStats()
+        guard = RequestGuard(args.host, frozenset(normalize_origin(o)
+                                                  for o in args.allowed_origin))
         invoker: Invoker
         if args.in_process:
             invoker = InProcessInvoker(lambda: project.app)
@@ -425,6 +507,8 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
                 max_containers=args.max_containers,
                 idle_seconds=args.container_idle,
                 log_level=args.log_level,
+                output=ContainerOutput(stats),
+                on_report=stats.record_invocation,
             )
             invoker = containers
         clock, ids = SystemClock(), RandomIdSource()
@@ -434,7 +518,10 @@ def build_gateway(args: argparse.Namespace) -> LocalGateway:
             limits, chaos, clock, ids,
             ServerSettings(stage=api_stage, max_workers=args.max_workers,
                            queue_length=args.queue_length,
-                           schedule_interval=args.schedule_interval, static_dir=static_dir),
+                           schedule_interval=args.schedule_interval, static_dir=static_dir,
+                           guard=guard),
+            stats=stats,
+            queue_depths=queues.depths if queues is not None else None,
         )
         gateway = LocalGateway(args, project, server, invoker, env, management_endpoint, domain,
                                queues, containers)

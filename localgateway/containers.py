@@ -8,7 +8,11 @@
   containers up to ``max_containers`` per function, past which they queue (bounded wait), like
   reserved concurrency;
 * a new container is a cold start: it imports the app, timed as Lambda's ``Init Duration``;
-* after every invocation a ``REPORT`` line is logged (logger ``localgateway.lambda``);
+* after every invocation a ``REPORT`` line is logged (logger ``localgateway.lambda``) and handed
+  to ``on_report`` (the live view's counters);
+* a container's stdout and stderr are read line by line (unbuffered: ``python -u``) and handed
+  to ``output(function, line)`` when one is given (the live view renders the app's JSON logs and
+  sums its EMF metrics), else inherited;
 * an invocation past the function's timeout is killed with its container
   (:class:`InvocationTimeout`);
 * containers idle longer than ``idle_seconds`` are reaped;
@@ -138,8 +142,11 @@ class Container:
     _numbers = itertools.count(1)
 
     def __init__(self, function: FunctionSettings, generation: Generation,
-                 log_level: str = "INFO") -> None:
+                 log_level: str = "INFO", output: Callable[[str, str], None] | None = None
+                 ) -> None:
         self.function = function
+        self.output = output
+        self._output_thread: threading.Thread | None = None
         self.generation = generation
         self.number = next(self._numbers)
         self.log_level = log_level
@@ -171,18 +178,26 @@ class Container:
         started = time.perf_counter()
         read_fd, write_fd = os.pipe()
         env = dict(self.function.environment)
-        cmd = [sys.executable, "-P", WORKER_PATH,
+        env["PYTHONUNBUFFERED"] = "1"
+        captured = self.output is not None
+        cmd = [sys.executable, "-u", "-P", WORKER_PATH,
                "--project-dir", self.generation.project_dir,
                "--function", self.function.name,
                "--response-fd", str(write_fd),
                "--log-level", self.log_level]
         try:
             self.process = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=None, stderr=None, env=env,
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE if captured else None,
+                stderr=subprocess.STDOUT if captured else None, env=env,
                 cwd=self.generation.project_dir, pass_fds=(write_fd,), close_fds=True,
             )
         finally:
             os.close(write_fd)
+        if captured and self.process.stdout is not None:
+            self._output_thread = threading.Thread(
+                target=self._pump_output, args=(self.process.stdout,),
+                name=f"output-{self.label}", daemon=True)
+            self._output_thread.start()
         self._read_fd = read_fd
         try:
             message = self._receive(time.monotonic() + timeout)
@@ -203,6 +218,26 @@ class Container:
         self.init_ms = (time.perf_counter() - started) * 1000
         self.max_rss_mb = int(message.get("max_rss_mb", 0))
         return self.init_ms
+
+    def _pump_output(self, stream: Any) -> None:
+        """Hand every line the container prints to ``output`` until it exits."""
+        output = self.output
+        assert output is not None
+        name = self.function.name
+        try:
+            while True:
+                raw = stream.readline(1 << 16)
+                if not raw:
+                    return
+                try:
+                    output(name, raw.decode("utf-8", errors="replace"))
+                except Exception:  # a broken sink must not stop the container's output
+                    LOG.exception("rendering the output of %s failed", self.label)
+        except (OSError, ValueError):
+            return
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
 
     def _receive(self, deadline: float | None) -> dict[str, Any]:
         while True:
@@ -301,6 +336,10 @@ class Container:
 
 
 ContainerFactory = Callable[[FunctionSettings, Generation], Container]
+#: ``output(function, line)``: one line a container printed.
+OutputSink = Callable[[str, str], None]
+#: ``on_report(function, duration_ms, outcome, cold)``; outcome: ok, error, timeout, throttled.
+ReportSink = Callable[[str, float, str, bool], None]
 
 
 class FunctionPool:
@@ -434,12 +473,16 @@ class ContainerInvoker:
         idle_seconds: float = 300.0,
         log_level: str = "INFO",
         factory: ContainerFactory | None = None,
+        output: OutputSink | None = None,
+        on_report: ReportSink | None = None,
     ) -> None:
         self.max_containers = max_containers or default_max_containers()
+        self.on_report = on_report
         self.idle_seconds = idle_seconds
         self.log_level = log_level
         self._known_functions = known_functions
-        self._factory = factory or (lambda fn, gen: Container(fn, gen, self.log_level))
+        self._factory = factory or (
+            lambda fn, gen: Container(fn, gen, self.log_level, output))
         self._lock = threading.Lock()
         self._generation = Generation(1, os.path.abspath(project_dir), settings)
         self._pools: dict[str, FunctionPool] = {}
@@ -563,6 +606,13 @@ class ContainerInvoker:
 
     # ----- invocations -----------------------------------------------------------------------
 
+    def _report(self, function: str, duration_ms: float, outcome: str, cold: bool) -> None:
+        if self.on_report is not None:
+            try:
+                self.on_report(function, duration_ms, outcome, cold)
+            except Exception:
+                LOG.exception("on_report failed")
+
     def invoke(self, function: str, event: dict[str, Any]) -> dict[str, Any]:
         """Run ``function`` with ``event`` in one of its containers (blocking).
 
@@ -577,10 +627,19 @@ class ContainerInvoker:
         generation = self.generation
         settings = generation.settings(function)
         if settings.reserved_concurrency == 0:
+            self._report(function, 0.0, "throttled", False)
             raise ThrottledError(function, "Rate Exceeded: reserved_concurrency is 0", "")
         pool = self.pool(function, settings)
         wait = max(settings.timeout_seconds, 10.0) * 2
-        container = pool.acquire(generation, lambda: self._start(function, generation), wait)
+        try:
+            container = pool.acquire(generation, lambda: self._start(function, generation),
+                                     wait)
+        except ThrottledError:
+            self._report(function, 0.0, "throttled", False)
+            raise
+        except ContainerInitError:
+            self._report(function, 0.0, "error", True)
+            raise
         request_id = str(uuid.uuid4())
         init_ms = container.init_ms if container.cold else None
         try:
@@ -590,14 +649,18 @@ class ContainerInvoker:
             REPORT_LOG.info("%s", Report(function, request_id, settings.timeout_seconds * 1000,
                                          settings.memory_mb, container.max_rss_mb, init_ms,
                                          timed_out=True).line())
+            self._report(function, settings.timeout_seconds * 1000, "timeout", init_ms is not None)
             raise
         except ContainerDied as exc:
+            self._report(function, 0.0, "error", init_ms is not None)
             raise InvocationError(function, f"Runtime.ExitError: the container died ({exc})",
                                   f"RequestId: {request_id} Error: Runtime exited") from None
         finally:
             pool.release(container, self.generation)
-        REPORT_LOG.info("%s", Report(function, request_id, float(reply.get("duration_ms", 0.0)),
+        duration_ms = float(reply.get("duration_ms", 0.0))
+        REPORT_LOG.info("%s", Report(function, request_id, duration_ms,
                                      settings.memory_mb, container.max_rss_mb, init_ms).line())
+        self._report(function, duration_ms, "ok" if ok else "error", init_ms is not None)
         if not ok:
             error = f"{reply.get('errorType', 'Error')}"
             raise InvocationError(

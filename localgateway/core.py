@@ -7,8 +7,10 @@ out the returned :class:`Action`.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import random
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -122,6 +124,11 @@ class ConnectionRegistry(Generic[H]):
         conn = self.get(connection_id)
         if conn is not None:
             conn.last_active_ms = now_ms
+
+    def all(self) -> list[Connection[H]]:
+        """Every known connection (a copy of the list, for the live view)."""
+        with self._lock:
+            return list(self._connections.values())
 
     def open_ids(self) -> list[str]:
         with self._lock:
@@ -363,3 +370,107 @@ def connect_decision(response: object) -> ConnectDecision:
         False, status, body if isinstance(body, str) else None,
         {str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else None,
     )
+
+
+# ----- who may drive the gateway (issue 15 item 4) ------------------------------------------------
+
+#: Host names that always reach this machine only (RFC 6761: ``*.localhost`` too).
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+#: What boto3 sends: ``AWS4-HMAC-SHA256 Credential=KEY/DATE/REGION/SERVICE/aws4_request,
+#: SignedHeaders=...;..., Signature=HEX``. Only the shape is checked (no signature check).
+SIGV4_AUTHORIZATION = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=[^/\s]+/\d{8}/[^/\s]+/[^/\s]+/aws4_request,\s*"
+    r"SignedHeaders=[a-z0-9;\-]+,\s*Signature=[0-9a-f]{64}$"
+)
+
+
+def host_name(host: str) -> str:
+    """The lowercase name of a ``Host`` header or URL authority, without port or brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def is_ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def normalize_origin(origin: str) -> str:
+    """``scheme://host[:port]`` lowercased, without a trailing slash."""
+    return origin.strip().rstrip("/").lower()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    message: str
+    error_type: str = "ForbiddenException"
+
+
+@dataclass(frozen=True)
+class RequestGuard:
+    """Decides whether a request may reach the gateway at all (transport-free).
+
+    * ``Host`` must be a loopback name (``localhost``, ``*.localhost``), an IP literal (DNS
+      rebinding always uses a DNS name) or the configured ``--host``; a request without one
+      (HTTP/1.0 tools) is let through.
+    * ``Origin``, when sent (browsers always send it on a WebSocket upgrade), must be the
+      gateway's own origin (same host and port as ``Host``) or one of ``allowed_origins``.
+    * ``@connections`` needs a SigV4-shaped ``Authorization`` and no ``Origin`` (boto3 signs
+      every call and sends no ``Origin``; a browser form or cross-site fetch cannot).
+    * control endpoints (``POST /_gateway/...``) need ``Content-Type: application/json``, which
+      no cross-site form can send and no cross-site ``fetch`` can send without a CORS preflight
+      the gateway never approves, plus the ``Origin`` rule above.
+    """
+
+    configured_host: str = "127.0.0.1"
+    allowed_origins: frozenset[str] = frozenset()
+
+    def host_allowed(self, host: str | None) -> bool:
+        if host is None or not host.strip():
+            return True
+        name = host_name(host)
+        return (name in LOOPBACK_HOSTS or name.endswith(".localhost") or is_ip_literal(name)
+                or name == host_name(self.configured_host))
+
+    def origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        if origin is None:
+            return True
+        normalized = normalize_origin(origin)
+        if normalized in self.allowed_origins:
+            return True
+        if host is None or "://" not in normalized:
+            return False
+        scheme, authority = normalized.split("://", 1)
+        return scheme in ("http", "https") and authority == host.strip().lower()
+
+    def check(self, kind: str, method: str, headers: Mapping[str, str]) -> Refusal | None:
+        """``kind``: ``websocket``, ``connections``, ``control`` or ``read`` (pages, health)."""
+        host = headers.get("Host")
+        if not self.host_allowed(host):
+            return Refusal(403, f"Host {host!r} is not allowed: use 127.0.0.1 or localhost "
+                                "(or the --host the gateway was started with)")
+        origin = headers.get("Origin")
+        if kind == "connections":
+            if origin is not None:
+                return Refusal(403, "Forbidden: @connections takes no browser requests")
+            if not SIGV4_AUTHORIZATION.match(headers.get("Authorization", "").strip()):
+                return Refusal(403, "Missing Authentication Token",
+                               "MissingAuthenticationTokenException")
+            return None
+        if not self.origin_allowed(origin, host):
+            return Refusal(403, f"Origin {origin!r} is not allowed: add it with "
+                                "--allowed-origin")
+        if kind == "control" and method.upper() not in ("GET", "HEAD", "OPTIONS"):
+            content_type = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+            if content_type != "application/json":
+                return Refusal(415, "control endpoints take Content-Type: application/json "
+                                    "only", "UnsupportedMediaTypeException")
+        return None

@@ -6,7 +6,11 @@ One aiohttp application on the WebSocket port serves:
 * ``POST|GET|DELETE /{stage}/@connections/{id}`` (also ``%40connections``) - management API;
 * ``POST /_gateway/schedule/{function}`` - run an ``@app.schedule`` handler now;
 * ``GET /_gateway/health`` - readiness probe;
+* ``GET /_gateway/`` - the live view page, fed by ``GET /_gateway/stats`` (JSON), read-only;
 * ``GET /`` and ``GET /static/{file}`` - files of the ``--static`` directory, if given.
+
+Every request passes :class:`localgateway.core.RequestGuard` first (``Host``, ``Origin``,
+SigV4-shaped ``Authorization`` on ``@connections``, JSON-only control endpoints).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from localgateway.core import (
     ConnectionRegistry,
     Limits,
     ManagementApi,
+    RequestGuard,
     SendFrame,
     State,
     client_close_decision,
@@ -50,7 +55,9 @@ from localgateway.events import (
     scheduled_event,
 )
 from localgateway.invoker import InvocationError, Invoker, UnknownFunctionError
+from localgateway.page import PAGE
 from localgateway.project import Functions
+from localgateway.view import LiveStats
 
 LOG = logging.getLogger("localgateway")
 
@@ -62,6 +69,8 @@ STATIC_TYPES = {
     ".svg": "image/svg+xml",
     ".png": "image/png",
 }
+#: Bound of the queue-depth look-up behind ``/_gateway/stats``, seconds.
+QUEUE_DEPTH_TIMEOUT = 3.0
 #: How long a server-initiated close waits for the client's close frame.
 CLOSE_TIMEOUT = 2.0
 
@@ -74,6 +83,8 @@ class ServerSettings:
     schedule_interval: float = 0.0
     #: ``--static DIR``: served at ``/`` (``index.html``) and ``/static/FILE``; None = 404.
     static_dir: str | None = None
+    #: ``--host`` and ``--allowed-origin``: who may drive the gateway (see RequestGuard).
+    guard: RequestGuard = field(default_factory=RequestGuard)
 
 
 @dataclass(frozen=True)
@@ -126,8 +137,13 @@ class GatewayServer:
         clock: Clock,
         ids: IdSource,
         settings: ServerSettings,
+        stats: LiveStats | None = None,
+        queue_depths: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.invoker = invoker
+        self.stats = stats or LiveStats()
+        #: Blocking; the queues and their depths for the live view (None: no queues).
+        self.queue_depths = queue_depths
         self.functions = functions
         self.events = events
         self.limits = limits
@@ -146,11 +162,13 @@ class GatewayServer:
 
     def make_app(self) -> web.Application:
         # Large enough that the 413 for >128 KB posts comes from the core, not from aiohttp.
-        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app = web.Application(client_max_size=8 * 1024 * 1024, middlewares=[self._guard])
         stage = self.settings.stage
         app.router.add_get("/", self.index)
         app.router.add_get("/static/{name:.+}", self.static)
         app.router.add_get("/_gateway/health", self.health)
+        app.router.add_get("/_gateway/", self.view_page)
+        app.router.add_get("/_gateway/stats", self.view_stats)
         app.router.add_post("/_gateway/schedule/{function}", self.schedule)
         app.router.add_route("*", f"/{stage}/@connections/{{connection_id}}", self.connections)
         app.router.add_get(f"/{stage}", self.websocket)
@@ -158,6 +176,29 @@ class GatewayServer:
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
+        stage = self.settings.stage
+        if "/@connections/" in path or "/%40connections/" in path.lower():
+            kind = "connections"
+        elif path.startswith("/_gateway/"):
+            kind = "control" if request.method not in ("GET", "HEAD") else "read"
+        elif path.rstrip("/") == f"/{stage}":
+            kind = "websocket"
+        else:
+            kind = "read"
+        refusal = self.settings.guard.check(kind, request.method, request.headers)
+        if refusal is not None:
+            LOG.warning("refused %s %s with %d: %s", request.method, path, refusal.status,
+                        refusal.message)
+            if kind == "connections":
+                self.stats.record_management(request.method, refusal.status)
+            return web.json_response({"message": refusal.message}, status=refusal.status,
+                                     headers={"x-amzn-ErrorType": refusal.error_type})
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _on_startup(self, app: web.Application) -> None:
         if self.settings.schedule_interval > 0:
@@ -260,6 +301,7 @@ class GatewayServer:
                     await self._close(session, too_big)
                     continue
                 self.registry.touch(session.connection_id, epoch_ms(self.clock))
+                self.stats.record_frame(session.connection_id, "in", data)
                 await session.inbox.put(Message(data))
             elif msg.type == WSMsgType.CLOSE:
                 return session.close_decision or client_close_decision(
@@ -313,6 +355,7 @@ class GatewayServer:
                 return
         finally:
             self.registry.remove(cid)
+            self.stats.forget_connection(cid)
             for task in session.tasks:
                 if task is not asyncio.current_task():
                     task.cancel()
@@ -370,11 +413,14 @@ class GatewayServer:
                     await session.ws.send_str(text)
             except (ConnectionError, RuntimeError):
                 result = gone(cid)
+            else:
+                self.stats.record_frame(cid, "out", action.data)
         elif isinstance(action, CloseConnection) and session is not None:
             decision = CloseDecision(action.code, action.reason)
             session.close_decision = session.close_decision or decision
             self.registry.mark_closed(cid)
             self._spawn(self._close(session, decision))
+        self.stats.record_management(request.method, result.status)
         LOG.info(
             "@connections %s %s -> %d%s",
             request.method,
@@ -420,6 +466,46 @@ class GatewayServer:
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "connections": len(self.registry)})
+
+    async def view_page(self, request: web.Request) -> web.Response:
+        return web.Response(text=PAGE, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store",
+                                     "Content-Security-Policy": "default-src 'self'; "
+                                     "script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+                                     "X-Frame-Options": "DENY"})
+
+    async def view_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.stats_document(),
+                                 headers={"Cache-Control": "no-store"})
+
+    async def stats_document(self) -> dict[str, Any]:
+        """What ``/_gateway/stats`` answers: the live view's data (read-only)."""
+        now_ms = epoch_ms(self.clock)
+        connections = []
+        for conn in self.registry.all():
+            frames = self.stats.frames(conn.connection_id)
+            connections.append({
+                "connection_id": conn.connection_id,
+                "state": conn.state.value,
+                "age_s": round((now_ms - conn.facts.connected_at_ms) / 1000, 1),
+                "idle_s": round((now_ms - conn.last_active_ms) / 1000, 1),
+                "source_ip": conn.facts.source_ip,
+                "user_agent": conn.user_agent[:80],
+                "frames_in": frames.frames_in,
+                "frames_out": frames.frames_out,
+            })
+        connections.sort(key=lambda c: c["age_s"])
+        queues: list[dict[str, Any]] = []
+        queue_error = None
+        if self.queue_depths is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                queues = await asyncio.wait_for(
+                    loop.run_in_executor(None, self.queue_depths), QUEUE_DEPTH_TIMEOUT)
+            except Exception as exc:  # the page still shows the rest
+                queue_error = f"{type(exc).__name__}: {exc}"
+        return {"stage": self.settings.stage, "connections": connections,
+                "queues": queues, "queue_error": queue_error, **self.stats.snapshot()}
 
     async def index(self, request: web.Request) -> web.StreamResponse:
         return self._file("index.html")

@@ -107,6 +107,7 @@ class LocalQueues:
         self.queue_urls: dict[str, str] = {}
         self.dlq_urls: dict[str, str] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        self._depth_client: Any = None
 
     def _spawn(self, port: int) -> subprocess.Popen[bytes]:
         log: Any = subprocess.DEVNULL
@@ -173,6 +174,29 @@ class LocalQueues:
             "sqs", endpoint_url=self.endpoint_url, region_name="us-east-1",
             config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3}),
         )
+
+    def depths(self) -> list[dict[str, Any]]:
+        """Every queue and dead-letter queue with its message counts (for the live view)."""
+        if self._depth_client is None:
+            self._depth_client = boto3.session.Session().client(
+                "sqs", endpoint_url=self.endpoint_url, region_name="us-east-1",
+                config=Config(connect_timeout=1, read_timeout=2,
+                              retries={"total_max_attempts": 1}),
+            )
+        client = self._depth_client
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+                 "ApproximateNumberOfMessagesDelayed"]
+        rows: list[dict[str, Any]] = []
+        queues = [(name, url, False) for name, url in sorted(self.queue_urls.items())]
+        queues += [(dlq_name(name), url, True) for name, url in sorted(self.dlq_urls.items())]
+        for name, url, dead in queues:
+            attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+            values = attributes.get("Attributes", {})
+            rows.append({"name": name, "dead_letter": dead,
+                         "visible": int(values.get(names[0], 0)),
+                         "in_flight": int(values.get(names[1], 0)),
+                         "delayed": int(values.get(names[2], 0))})
+        return rows
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -33,6 +33,10 @@ EXTRA_ARGS_VARIABLE = "LOCALGATEWAY_TEST_ARGS"
 STOP_TIMEOUT = 10.0
 
 T = TypeVar("T")
+#: An ``Authorization`` header of the shape boto3 sends (the gateway checks the shape only), for
+#: raw HTTP calls to ``@connections`` in tests.
+SIGV4_SHAPED = ("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/execute-api/"
+                "aws4_request, SignedHeaders=host;x-amz-date, Signature=" + "0" * 64)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

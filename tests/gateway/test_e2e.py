@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from localgateway.testing import Gateway, wait_until
+from localgateway.testing import SIGV4_SHAPED, Gateway, wait_until
 
 from .conftest import ECHO, POST_IN_CONNECT
 
@@ -26,6 +26,8 @@ AWS_EVENTS = Path(__file__).resolve().parents[1] / "data" / "aws-events"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 RECV_TIMEOUT = 15.0
 GONE_ID = "AAAAAAAAAAAAAAAAAAAA"
+#: Control endpoints take JSON requests only (issue 15 item 4).
+JSON = {"Content-Type": "application/json"}
 
 StartWith = Callable[..., AbstractContextManager[Gateway]]
 
@@ -158,7 +160,8 @@ def test_get_connection_fields(echo_gateway: Gateway) -> None:
         async with connect(echo_gateway.ws_url, user_agent_header="gateway-test/1.0") as ws:
             cid = await connection_id(ws)
             url = f"{echo_gateway.management_endpoint}/%40connections/{cid}"
-            raw = await asyncio.to_thread(urllib.request.urlopen, url, timeout=10)
+            signed = urllib.request.Request(url, headers={"Authorization": SIGV4_SHAPED})
+            raw = await asyncio.to_thread(urllib.request.urlopen, signed, timeout=10)
             info = json.loads(raw.read())
             assert set(info) == {"connectedAt", "identity", "lastActiveAt"}
             assert info["identity"] == {"sourceIp": "127.0.0.1", "userAgent": "gateway-test/1.0"}
@@ -351,14 +354,14 @@ def test_sqs_followup_after_delay(echo_gateway: Gateway) -> None:
 
 def test_schedule_trigger(echo_gateway: Gateway, echo_record_file: Path) -> None:
     request = urllib.request.Request(echo_gateway.gateway_url + "/_gateway/schedule/tick",
-                                     method="POST")
+                                     method="POST", headers=JSON)
     with urllib.request.urlopen(request, timeout=10) as response:
         payload = json.loads(response.read())
     assert payload["result"] == {"ticked": True}
     assert payload["event"]["detail-type"] == "Scheduled Event"
     assert any(r["id"] == payload["event"]["id"] for r in records(echo_record_file, "schedule"))
     missing = urllib.request.Request(echo_gateway.gateway_url + "/_gateway/schedule/nope",
-                                     method="POST")
+                                     method="POST", headers=JSON)
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(missing, timeout=10)
     assert info.value.code == 404
@@ -415,6 +418,11 @@ def test_chaos_throttle_drop_disconnect_and_hard_timeout(gateway_with: StartWith
         client = mgmt(gateway)
         with pytest.raises(client.exceptions.LimitExceededException):
             client.get_connection(ConnectionId=GONE_ID)
+        # The live view counts the throttle (issue 14 part 5).
+        with urllib.request.urlopen(f"{gateway.gateway_url}/_gateway/stats",
+                                    timeout=10) as response:
+            stats = json.loads(response.read())
+        assert {"method": "GET", "status": 429, "count": 1} in stats["management"]
 
         async def scenario() -> tuple[str, int | None]:
             async with connect(gateway.ws_url) as ws:

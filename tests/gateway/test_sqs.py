@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,12 @@ def test_partial_batch_failure_redrives_only_the_failed_record(gateway: Gateway,
     assert [r["attributes"]["ApproximateReceiveCount"] for r in failed] == ["1", "2"]
     # The record that succeeded was deleted: never redelivered, never dead-lettered.
     assert len(bodies(record_file, "ok-partial")) == 1
+    # The live view shows the dead letter without reading any log (issue 14 part 5).
+    with urllib.request.urlopen(f"{gateway.gateway_url}/_gateway/stats", timeout=10) as response:
+        queues = {q["name"]: q for q in json.loads(response.read())["queues"]}
+    assert queues["model-jobs-dlq"]["dead_letter"] is True
+    assert queues["model-jobs-dlq"]["visible"] + queues["model-jobs-dlq"]["in_flight"] >= 1
+    assert queues["model-jobs"]["dead_letter"] is False
 
 
 def test_delay_seconds_are_respected(gateway: Gateway, record_file: Path) -> None:

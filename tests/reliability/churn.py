@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 import websockets
 
-from localgateway.testing import Gateway, running_gateway, wait_until
+from localgateway.testing import SIGV4_SHAPED, Gateway, running_gateway, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -443,8 +443,10 @@ async def _pusher(cfg: ChurnConfig, gw: Gateway, pushes: list[SendRecord], stop_
             room = f"room-{rng.randrange(cfg.rooms)}"
             record = SendRecord(("server", 0, seq), room, issued=time.monotonic())
             pushes.append(record)
+            # The route has IAMAuthorizer: the gateway wants a SigV4-shaped Authorization.
             async with http.post(f"{gw.rest_url}/rooms/{room}/messages",
-                                 json={"data": {"seq": seq}}) as response:
+                                 json={"data": {"seq": seq}},
+                                 headers={"Authorization": SIGV4_SHAPED}) as response:
                 body = await response.json(content_type=None)
             record.replied = time.monotonic()
             if response.status == 200:
@@ -493,7 +495,8 @@ def store_counts(db_path: Path) -> tuple[int, int]:
 
 
 def trigger_sweep(gw: Gateway) -> dict[str, Any]:
-    request = urllib.request.Request(f"{gw.gateway_url}/_gateway/schedule/sweep", method="POST")
+    request = urllib.request.Request(f"{gw.gateway_url}/_gateway/schedule/sweep", method="POST",
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=60) as response:
         result: dict[str, Any] = json.loads(response.read())["result"]
     return result

@@ -40,7 +40,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "WS_ALLOWED_ORIGINS": ALLOWED,
         "CONNECTIONS_STORE": f"sqlite:///{tmp}/c.db",
     })
-    with running_gateway(str(ROOT), extra_args=["--stage", "test"], env=env) as gw:
+    # The gateway's own Origin rule (issue 15 item 4) lets the configured page origin through;
+    # the app's WS_ALLOWED_ORIGINS then decides, as on AWS.
+    with running_gateway(str(ROOT), extra_args=["--stage", "test", "--allowed-origin", ALLOWED],
+                         env=env) as gw:
         yield gw
 
 
@@ -146,3 +149,54 @@ def test_gateway_binds_loopback_by_default_and_warns_otherwise() -> None:
     for host in ("0.0.0.0", "::", "192.168.1.20"):
         warning = exposure_warning(host)
         assert warning is not None and "WARNING" in warning and host in warning
+
+
+# ----- issue 15 item 4 on the REST port: IAM routes and rebinding ---------------------------------
+
+
+def rest_post(gateway: Gateway, path: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(f"{gateway.rest_url}{path}", data=body, method="POST",
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_iam_push_route_needs_a_sigv4_shaped_request(gateway: Gateway) -> None:
+    from localgateway.testing import SIGV4_SHAPED
+
+    body = json.dumps({"data": "pushed"}).encode()
+    # A cross-site form (text/plain), or JSON without a signature: API Gateway's 403.
+    assert rest_post(gateway, "/rooms/lobby/messages", body,
+                     {"Content-Type": "text/plain"}) == 403
+    assert rest_post(gateway, "/rooms/lobby/messages", body,
+                     {"Content-Type": "application/json", "Authorization": "Bearer x"}) == 403
+    gateway.wait_for_log("Missing Authentication Token (IAMAuthorizer)")
+    # Signed the way boto3/awscurl sign: it reaches the app.
+    assert rest_post(gateway, "/rooms/lobby/messages", body,
+                     {"Content-Type": "application/json", "Authorization": SIGV4_SHAPED}) == 200
+
+
+def test_rest_port_refuses_a_rebinding_host(gateway: Gateway) -> None:
+    import http.client
+
+    port = int(gateway.rest_url.rsplit(":", 1)[1])
+
+    def get(host: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            conn.putrequest("GET", "/nowhere", skip_host=True)
+            conn.putheader("Host", host)
+            conn.endheaders()
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    status, body = get(f"rebind.evil.example:{port}")
+    assert status == 403 and b"is not allowed" in body
+    # A loopback Host reaches chalice's LocalGateway (API Gateway's 403 for an unknown route).
+    status, body = get(f"localhost:{port}")
+    assert b"is not allowed" not in body and b"Missing Authentication Token" in body
