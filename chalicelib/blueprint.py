@@ -168,7 +168,7 @@ def _endpoint(event: dict[str, Any]) -> tuple[Any, str]:
 @rooms.on_ws_connect()
 def connect(event: WebsocketEvent) -> dict[str, Any]:
     from chalicelib.auth import AuthError, JwksUnavailableError
-    from chalicelib.errors import ConfigError
+    from chalicelib.errors import ConfigError, TooManyConnections
     from chalicelib.metrics import AUTH_REFUSED
     from chalicelib.redaction import loggable
     from chalicelib.runtime import connect_gate, recorder
@@ -195,8 +195,12 @@ def connect(event: WebsocketEvent) -> dict[str, Any]:
         rooms.log.error("$connect %s refused with 503: %s", loggable(ctx.connection_id),
                         loggable(exc, 500))
         return {"statusCode": 503}
-    _messaging().on_connect(ctx, endpoint, user=admission.user,
-                            capabilities=admission.capabilities, claims=admission.claims)
+    try:
+        _messaging().on_connect(ctx, endpoint, user=admission.user,
+                                capabilities=admission.capabilities, claims=admission.claims)
+    except TooManyConnections as exc:
+        rooms.log.info("$connect %s refused with 429: %s", loggable(ctx.connection_id), exc)
+        return {"statusCode": 429}
     return {"statusCode": 200}
 
 

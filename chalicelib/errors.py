@@ -26,3 +26,8 @@ class VerificationError(WsAppError):
 
 class PushError(WsAppError):
     """A server push was refused before any delivery (bad room or data); ``str`` says why."""
+
+
+class TooManyConnections(WsAppError):
+    """A user already has ``WS_MAX_CONNECTIONS_PER_USER`` connections open: ``$connect`` is
+    refused with 429, and nothing is registered."""

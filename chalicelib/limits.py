@@ -1,4 +1,5 @@
-"""Abuse limits per connection: message rate, rooms joined, ``data`` size of a ``send``.
+"""Abuse limits: message rate (per user), rooms joined, ``data`` size of a ``send``, connections
+per user, members per room.
 
 Each limit, when hit, refuses the one frame with its own error code (``rate_limited``,
 ``too_many_rooms``, ``too_large``) and leaves the connection usable.  Where the state lives and how
@@ -22,12 +23,18 @@ class Limits:
     rate_window_seconds: int = 10
     max_rooms: int = 20
     max_data_bytes: int = 32768
+    #: Open connections per user at ``$connect`` (0: no cap).
+    max_connections_per_user: int = 0
+    #: Members per room at ``join`` (0: no cap).
+    max_room_members: int = 0
 
     def __post_init__(self) -> None:
         if self.rate_limit < 0 or self.rate_window_seconds < 1:
             raise ValueError("rate_limit must be >= 0 and rate_window_seconds >= 1")
         if self.max_rooms < 1 or self.max_data_bytes < 1:
             raise ValueError("max_rooms and max_data_bytes must be at least 1")
+        if self.max_connections_per_user < 0 or self.max_room_members < 0:
+            raise ValueError("max_connections_per_user and max_room_members must be >= 0")
 
 
 #: No practical limits (for tests and tools that construct :class:`Messaging` directly).

@@ -42,6 +42,7 @@ class ErrorCode(enum.StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     # Room access control (docs/security.md): an operation the connection may not do.
     FORBIDDEN = "forbidden"
+    ROOM_FULL = "room_full"
 
 
 class ProtocolError(WsAppError):

@@ -110,6 +110,8 @@ def build(settings: Settings, join_authorizer: JoinAuthorizer | None = None) -> 
             rate_window_seconds=settings.rate_window_seconds,
             max_rooms=settings.max_rooms_per_connection,
             max_data_bytes=settings.max_data_bytes,
+            max_connections_per_user=settings.max_connections_per_user,
+            max_room_members=settings.max_room_members,
         ),
         auth_required=settings.auth_enabled,
         fanout_queue=fanout_queue,

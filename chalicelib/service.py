@@ -37,7 +37,7 @@ from chalicelib.capabilities import (
     encode_operations,
 )
 from chalicelib.delivery import Deliverer, FanOutReport, Liveness, Outcome, fan_out
-from chalicelib.errors import PushError, VerificationError
+from chalicelib.errors import PushError, TooManyConnections, VerificationError
 from chalicelib.events import ConnectionContext
 from chalicelib.fanout import MAX_ATTEMPTS, RETRY_DELAY_SECONDS, FanOutBatch, FanOutQueue
 from chalicelib.limits import UNLIMITED, Limits, data_size
@@ -255,8 +255,15 @@ class Messaging:
         token's ``claims`` are kept beside it only when the app registered a join authoriser.
         Posting here would fail with 410: API Gateway only establishes the connection after
         ``$connect`` returns.  A failed enqueue is logged and tolerated: the welcome then goes
-        out with the reply to the client's first message.
+        out with the reply to the client's first message.  Raises
+        :class:`~chalicelib.errors.TooManyConnections` (answer 429, nothing registered) when the
+        user already has ``max_connections_per_user`` connections open.
         """
+        cap = self._limits.max_connections_per_user
+        if user is not None and cap > 0 and len(self.store.connections_of_user(user)) >= cap:
+            # Check-then-register: connects of one user racing in parallel can overshoot by
+            # their number (one read per $connect keeps it cheap; docs/security.md).
+            raise TooManyConnections(f"user already has {cap} connections open")
         self.store.register(
             ctx.connection_id,
             connected_at=ctx.connected_at or self._clock(),
@@ -509,6 +516,14 @@ class Messaging:
         presence_user = user or connection_id
         restricted = None if ops == ALL_OPERATIONS else encode_operations(ops)
         joined = self.store.join(connection_id, request.room, user=presence_user, ops=restricted)
+        cap = self._limits.max_room_members
+        if joined.new and cap > 0 and joined.members > cap:
+            # Over the cap: undo this join (the count is exact, so racing joins cannot overshoot;
+            # at worst both of two racing the last place are refused).
+            self.store.leave(connection_id, request.room)
+            raise ProtocolError(ErrorCode.ROOM_FULL,
+                                f"room {request.room!r} has its maximum of {cap} members",
+                                request.id)
         head = self.store.head(request.room)
         if joined.new and self._features.presence and PRESENCE in ops:
             connections = self.store.presence_enter(request.room, presence_user)

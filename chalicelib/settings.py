@@ -64,6 +64,10 @@ class Settings:
     rate_window_seconds: int = 10
     max_rooms_per_connection: int = 20
     max_data_bytes: int = 32768
+    #: Open connections per user (0: no cap): $connect answers 429 past it.
+    max_connections_per_user: int = 10
+    #: Members per room (0: no cap): join answers room_full past it.
+    max_room_members: int = 0
     # ---- large rooms (chalicelib/fanout.py)
     fanout_queue_url: str | None = None
     fanout_inline_max: int = 500
@@ -137,6 +141,8 @@ class Settings:
             rate_window_seconds=_int(environ, "WS_RATE_WINDOW_SECONDS", 10, 1, 3600),
             max_rooms_per_connection=_int(environ, "WS_MAX_ROOMS_PER_CONNECTION", 20, 1, 1000),
             max_data_bytes=_int(environ, "WS_MAX_DATA_BYTES", 32768, 1, 131072),
+            max_connections_per_user=_int(environ, "WS_MAX_CONNECTIONS_PER_USER", 10, 0, 10000),
+            max_room_members=_int(environ, "WS_MAX_ROOM_MEMBERS", 0, 0, 10_000_000),
             fanout_queue_url=environ.get("FANOUT_QUEUE_URL") or None,
             fanout_inline_max=_int(environ, "FANOUT_INLINE_MAX", 500, 1, 100000),
             fanout_batch_size=_int(environ, "FANOUT_BATCH_SIZE", 250, 1, 5000),

@@ -166,6 +166,8 @@ THROTTLING_PARAMETERS: dict[str, tuple[str, int]] = {
     "WebsocketThrottlingRateLimit": ("steady requests per second, every route", 2000),
     "ConnectThrottlingBurstLimit": ("burst of $connect requests", 500),
     "ConnectThrottlingRateLimit": ("steady $connect requests per second", 500),
+    "MessageThrottlingBurstLimit": ("burst of client messages ($default)", 4000),
+    "MessageThrottlingRateLimit": ("steady client messages ($default) per second", 2000),
 }
 #: Concurrent fan-out workers (the event source mapping's MaximumConcurrency, 2..1000).  One
 #: worker with a full vCPU posts about 1,600 messages/s (0.62 ms of CPU per post, measured by
@@ -283,11 +285,20 @@ def merge_template(stage: str) -> dict[str, Any]:
             "ThrottlingRateLimit": {"Ref": "WebsocketThrottlingRateLimit"},
             "DataTraceEnabled": False,
         },
-        "RouteSettings": {"$connect": {
-            "ThrottlingBurstLimit": {"Ref": "ConnectThrottlingBurstLimit"},
-            "ThrottlingRateLimit": {"Ref": "ConnectThrottlingRateLimit"},
-            "DataTraceEnabled": False,
-        }},
+        # Connections and messages get separate limits: a $connect flood cannot starve
+        # messages, nor the other way round.
+        "RouteSettings": {
+            "$connect": {
+                "ThrottlingBurstLimit": {"Ref": "ConnectThrottlingBurstLimit"},
+                "ThrottlingRateLimit": {"Ref": "ConnectThrottlingRateLimit"},
+                "DataTraceEnabled": False,
+            },
+            "$default": {
+                "ThrottlingBurstLimit": {"Ref": "MessageThrottlingBurstLimit"},
+                "ThrottlingRateLimit": {"Ref": "MessageThrottlingRateLimit"},
+                "DataTraceEnabled": False,
+            },
+        },
     }}
     # The stage is fixed: resolve the IsProd condition so the template says what it does.
     is_prod = stage == "prod"

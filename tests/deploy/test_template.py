@@ -399,8 +399,10 @@ def test_websocket_stage_is_throttled_without_data_trace(package: dict[str, Any]
     assert stage["Properties"]["ApiId"] == {"Ref": "WebsocketAPI"}
     default = stage["Properties"]["DefaultRouteSettings"]
     connect = stage["Properties"]["RouteSettings"]["$connect"]
+    messages = stage["Properties"]["RouteSettings"]["$default"]
+    assert connect["ThrottlingRateLimit"] != messages["ThrottlingRateLimit"]  # separate limits
     limits = {}
-    for name, settings in (("default", default), ("$connect", connect)):
+    for name, settings in (("default", default), ("$connect", connect), ("$default", messages)):
         assert settings["DataTraceEnabled"] is False, name
         burst = _parameter_value(template, settings["ThrottlingBurstLimit"])
         rate = _parameter_value(template, settings["ThrottlingRateLimit"])
@@ -411,6 +413,7 @@ def test_websocket_stage_is_throttled_without_data_trace(package: dict[str, Any]
     assert limits["default"][1] <= 10_000 // 4 and limits["default"][0] <= 5_000
     assert limits["$connect"][1] <= 500 and limits["$connect"][0] <= 500
     assert limits["$connect"][1] < limits["default"][1]
+    assert limits["$default"][1] <= 10_000 // 4 and limits["$default"][0] <= 5_000
     for parameter in THROTTLING_PARAMETERS:
         assert template["Parameters"][parameter]["Type"] == "Number"
         assert template["Parameters"][parameter]["MinValue"] == 1

@@ -176,3 +176,47 @@ def test_cannot_address_a_connection_id(open_app: AuthHarness) -> None:
     open_app.join(a, bare)
     open_app.send(a, {"action": "send", "room": bare, "data": "hi"})
     assert "message" not in open_app.api.types(b)
+
+
+# ---------------------------------------------------------------- per-user and per-room caps
+
+
+def test_a_user_past_the_connection_cap_is_refused_with_429(
+    security_env: pytest.MonkeyPatch, management_api: Any
+) -> None:
+    from .conftest import AUDIENCE, ISSUER, SECRET, _harness, claims, hs256
+
+    security_env.setenv("WS_AUTH_SECRET", SECRET)
+    security_env.setenv("WS_AUTH_AUDIENCE", AUDIENCE)
+    security_env.setenv("WS_AUTH_ISSUER", ISSUER)
+    security_env.setenv("WS_MAX_CONNECTIONS_PER_USER", "2")
+    for harness in _harness(management_api):
+        token = hs256(claims("alice"))
+        first, second = harness.connect_as(token), harness.connect_as(token)
+        refused, response = harness.try_connect(token)
+        assert response == {"statusCode": 429}
+        assert harness.store.get(refused) is None  # nothing registered
+        assert harness.connect_as(hs256(claims("bob")))  # another user is not affected
+        harness.disconnect(first)
+        assert harness.connect_as(token)  # a place came free
+        del second
+
+
+def test_a_full_room_refuses_the_next_join(
+    security_env: pytest.MonkeyPatch, management_api: Any
+) -> None:
+    from .conftest import _harness
+
+    security_env.setenv("WS_MAX_ROOM_MEMBERS", "2")
+    for harness in _harness(management_api):
+        a, b, c = harness.connect(), harness.connect(), harness.connect()
+        harness.join(a, "small")
+        harness.join(b, "small")
+        refused = harness.join(c, "small")
+        assert refused["data"]["code"] == "room_full"
+        assert "2" in refused["data"]["message"]
+        assert not harness.store.is_member(c, "small")
+        assert harness.store.member_count("small") == 2  # the undo kept the count exact
+        assert harness.join(a, "small")["type"] == "joined"  # re-joining is not a new member
+        harness.send(b, {"action": "leave", "room": "small"})
+        assert harness.join(c, "small")["type"] == "joined"
