@@ -55,7 +55,10 @@ async def _measure(url: str, sizes: tuple[int, ...], repeats: int, repeats_over_
 
 
 def _run_config(concurrency: int | None, sizes: tuple[int, ...], plan: Plan) -> dict[int, float]:
-    env = {} if concurrency is None else {"FANOUT_CONCURRENCY": str(concurrency)}
+    # Presence off: building the room would otherwise announce every join to the members so far.
+    env = {"PRESENCE": "off", "FANOUT_INLINE_MAX": "100000"}
+    if concurrency is not None:
+        env["FANOUT_CONCURRENCY"] = str(concurrency)
     with app_gateway(GATEWAY_ARGS, env=env) as gateway:
         return asyncio.run(_measure(gateway.ws_url, sizes, plan.repeats,
                                     plan.sequential_repeats_over_100))

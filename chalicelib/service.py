@@ -729,11 +729,18 @@ class Messaging:
         *, exclude: str | None,
     ) -> None:
         """Tell the room's other members that ``user`` arrived or left (best effort: a failure
-        is logged and never fails the request that caused it)."""
+        is logged and never fails the request that caused it).
+
+        Rooms above ``inline_max`` recipients get no presence frames: each join or leave would
+        cost a post to every member (a join storm of N members, N² posts); their members still
+        read the list with ``members`` (docs/protocol.md).
+        """
         if endpoint is None and self._default_endpoint is None:
             return
         try:
             audience = self._audience(room, sender=None, request_id=None)
+            if audience.large:
+                return
             audience.exclude = exclude
             self._deliver_to(audience, presence_frame(room, event, user, connections), endpoint)
         except Exception:
