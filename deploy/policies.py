@@ -17,8 +17,8 @@ What the code calls (keep in sync with ``chalicelib``; ``tests/deploy`` checks t
   sweep).
 * SQS (``chalicelib/welcome.py``, ``chalicelib/fanout.py``): SendMessage on the welcome queue
   for ``$connect`` only (:data:`WELCOME_PRODUCERS`); SendMessage (SendMessageBatch is authorised
-  as SendMessage) on the fan-out queue for the functions that deliver to rooms, presence
-  ``leave`` announcements included (:data:`FANOUT_PRODUCERS`: every function but ``$connect``);
+  as SendMessage) on the fan-out queue for the functions that hand large rooms' messages to it
+  (:data:`FANOUT_PRODUCERS`);
   GetQueueUrl only when a ``*_QUEUE_URL`` is a bare name (the static policies; the template
   passes URLs).  Each queue's event source mapping polls with its consumer's role:
   ReceiveMessage, DeleteMessage, GetQueueAttributes, on that queue, for that function only.
@@ -69,14 +69,12 @@ CONSUMERS = {
 }
 #: The one function that sends to the welcome queue (``Messaging.on_connect``).
 WELCOME_PRODUCERS = ("websocket_connect",)
-#: The functions that may hand a large room to the fan-out queue: every function that delivers
-#: to a room.  That includes presence ``leave`` announcements: ``$disconnect``, the sweep, and a
-#: follow-up or worker that finds a connection gone all forget it (``Messaging._forget`` ->
-#: ``_announce`` -> ``_deliver_to``), and a large room's announcement goes through the queue.
-#: The worker also re-enqueues failed recipients.  Only ``$connect`` delivers to no room.
-#: tests/deploy/test_function_queues.py drives each function and checks this list.
-FANOUT_PRODUCERS = ("api_handler", "websocket_message", "websocket_disconnect",
-                    "welcome_follow_up", "sweep", "fan_out_worker")
+#: The functions that may hand a large room's message to the fan-out queue: a client's send (and
+#: an app action's send to a room), the REST push, and the worker re-enqueueing failed
+#: recipients.  Presence announcements never use the queue (large rooms get none), so
+#: ``$disconnect``, the sweep and the follow-up, which only announce departures, do not send to
+#: it.  tests/deploy/test_function_queues.py drives each function and checks this list.
+FANOUT_PRODUCERS = ("api_handler", "websocket_message", "fan_out_worker")
 #: The functions that verify tokens (the ``$connect`` gate): the only ones that read a
 #: shared-secret parameter or secret (``WS_AUTH_SECRET_PARAMETER`` / ``WS_AUTH_SECRET_ARN``).
 TOKEN_VERIFIERS = ("websocket_connect",)

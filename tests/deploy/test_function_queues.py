@@ -4,9 +4,10 @@ Each handler of app.py runs under chalice.test.Client (SQLite, the fake manageme
 127.0.0.1, moto's SQS for both queues) through the path that reaches a queue, and the queues are
 drained after each step.  The observed senders must be exactly what deploy/policies.py grants
 (``WELCOME_PRODUCERS``, ``FANOUT_PRODUCERS``): ``$connect`` is the only function that sends to
-the welcome queue, and every function that can deliver to a room sends to the fan-out queue --
-``$disconnect``, the sweep and a follow-up pruning a gone member too, because the presence
-``leave`` of a large room goes through the workers.
+the welcome queue; the functions that deliver a large room's message (send, REST push) and the
+worker's re-enqueue send to the fan-out queue.  ``$disconnect``, the sweep and a follow-up
+pruning a gone member announce departures, and large rooms get no presence frames, so they
+send to no queue.
 """
 
 from __future__ import annotations
@@ -94,15 +95,15 @@ def test_each_function_sends_to_exactly_the_queues_its_role_grants(
     step("api_handler", lambda: harness.client.http.post(
         "/rooms/big/messages", headers={"Content-Type": "application/json"},
         body=json.dumps({"data": "all hands"})))
-    # $disconnect of a large room's member: its presence leave goes to the workers.
+    # $disconnect of a large room's member: no presence frames in a large room, no queue.
     step("websocket_disconnect", lambda: harness.disconnect(members[1]))
-    # The sweep finds a gone member (410) and forgets it: leave, through the workers.
+    # The sweep finds a gone member (410) and forgets it: nothing queued either.
     harness.api.close(members[2])
     step("sweep", lambda: harness.invoke("sweep", {
         "detail-type": "Scheduled Event", "source": "aws.events",
         "time": "2024-11-11T13:45:46Z", "detail": {}, "resources": [], "id": "1",
         "region": "us-east-1", "account": "123456789012", "version": "0"}))
-    # A follow-up for a member that is gone by then prunes it: leave, through the workers.
+    # A follow-up for a member that is gone by then prunes it: nothing queued.
     harness.api.close(members[3])
     step("welcome_follow_up", lambda: harness.invoke(
         "welcome_follow_up", sqs_event(welcomes[members[3]], queue="ws-rooms-test-welcome")))
@@ -121,4 +122,4 @@ def test_each_function_sends_to_exactly_the_queues_its_role_grants(
                for name in observed}
     assert observed == granted
     assert observed["websocket_connect"] == {"welcome"}
-    assert observed["websocket_disconnect"] == observed["sweep"] == {"fanout"}
+    assert observed["websocket_disconnect"] == observed["sweep"] == set()

@@ -546,8 +546,7 @@ def test_static_policy_files_have_no_wildcard_resources() -> None:
 #: pruning a gone member) may hand a large room to the fan-out queue.
 QUEUE_SENDERS = {
     "WelcomeQueueSend": {"websocket_connect"},
-    "FanOutQueueSend": {"api_handler", "websocket_message", "websocket_disconnect",
-                        "welcome_follow_up", "sweep", "fan_out_worker"},
+    "FanOutQueueSend": {"api_handler", "websocket_message", "fan_out_worker"},
 }
 
 
