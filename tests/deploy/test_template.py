@@ -652,11 +652,12 @@ def test_policies_cover_exactly_the_api_calls_in_the_code() -> None:
 
 def test_static_policy_files_grant_per_function_queues() -> None:
     """Chalice's default file is shared by every function without its own (so it sends to both
-    queues); each consumer's file sends to the fan-out queue only; none grants KMS, SSM or
-    Secrets Manager (chalice deploy users add those: docs/deploy.md)."""
+    queues); the worker's file sends to the fan-out queue only (it re-enqueues), the follow-up's
+    to none; none grants KMS, SSM or Secrets Manager (chalice deploy users add those:
+    docs/deploy.md)."""
     for stage in policies.STAGES:
         for filename, sends in ((f"{stage}.json", {"WelcomeQueueSend", "FanOutQueueSend"}),
-                                (f"{stage}-welcome_follow_up.json", {"FanOutQueueSend"}),
+                                (f"{stage}-welcome_follow_up.json", set()),
                                 (f"{stage}-fan_out_worker.json", {"FanOutQueueSend"})):
             statements = json.loads((ROOT / "deploy" / "iam" / filename).read_text())["Statement"]
             sids = {s["Sid"] for s in statements}
