@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 STARTUP_TIMEOUT = 60.0
+#: How many times running_gateway picks new free ports when one was taken before the bind.
+PORT_ATTEMPTS = 3
 #: Flags appended to every gateway started here, e.g. ``LOCALGATEWAY_TEST_ARGS=--in-process``
 #: to run a whole test suite against the single-process mode.
 EXTRA_ARGS_VARIABLE = "LOCALGATEWAY_TEST_ARGS"
@@ -145,7 +147,37 @@ def running_gateway(
     ports (a restart test starts a second gateway where clients reconnect); free ones otherwise.
     """
     project_dir = os.path.abspath(project_dir)
-    port = port or free_port()
+    pinned = port is not None or ws_port is not None
+    # A free port can be taken between picking it and the gateway binding it (another test's
+    # client sockets draw from the same range): pick again, a bounded number of times.
+    attempts = 1 if pinned else PORT_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        process, gateway = _start_gateway(project_dir, extra_args, env, python, reload,
+                                          port or free_port(), ws_port)
+        try:
+            _wait_ready(process, gateway, startup_timeout)
+            break
+        except _PortTaken:
+            log = gateway.log()
+            _discard(process, gateway)
+            if attempt == attempts:
+                raise RuntimeError(f"gateway ports taken {attempts} times:\n{log}") from None
+        except BaseException:
+            _discard(process, gateway)
+            raise
+    try:
+        yield gateway
+    finally:
+        _discard(process, gateway)
+
+
+class _PortTaken(Exception):
+    """The gateway exited because a port picked as free was bound by then."""
+
+
+def _start_gateway(project_dir: str, extra_args: Sequence[str], env: Mapping[str, str] | None,
+                   python: str, reload: bool, port: int,
+                   ws_port: int | None) -> tuple[subprocess.Popen[bytes], Gateway]:
     ws_port = ws_port or free_port()
     while ws_port == port:
         ws_port = free_port()
@@ -172,18 +204,28 @@ def running_gateway(
         gateway_url=f"http://127.0.0.1:{ws_port}",
         log_path=log_path,
     )
-    try:
-        def ready() -> bool:
-            if process.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{gateway.log()}")
-            return _listening(f"{gateway.gateway_url}/_gateway/health") and _port_open(port)
+    return process, gateway
 
-        try:
-            wait_until(ready, startup_timeout, "the gateway to listen", interval=0.1)
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{gateway.log()}") from None
-        yield gateway
-    finally:
-        stop_process(process)
-        with contextlib.suppress(OSError):
-            os.unlink(log_path)
+
+def _wait_ready(process: subprocess.Popen[bytes], gateway: Gateway, timeout: float) -> None:
+    """Wait until both ports answer; raises _PortTaken, RuntimeError or TimeoutError."""
+    rest_port = int(gateway.rest_url.rsplit(":", 1)[1])
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            log = gateway.log()
+            if "is already in use" in log:
+                raise _PortTaken()
+            raise RuntimeError(f"gateway exited early:\n{log}")
+        return _listening(f"{gateway.gateway_url}/_gateway/health") and _port_open(rest_port)
+
+    try:
+        wait_until(ready, timeout, "the gateway to listen", interval=0.1)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}\n{gateway.log()}") from None
+
+
+def _discard(process: subprocess.Popen[bytes], gateway: Gateway) -> None:
+    stop_process(process)
+    with contextlib.suppress(OSError):
+        os.unlink(gateway.log_path)
