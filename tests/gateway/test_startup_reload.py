@@ -88,6 +88,19 @@ def test_a_port_in_use_is_one_line_naming_port_and_flag(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and "Gateway ready" not in result.stdout
 
 
+
+def test_the_test_harness_reports_a_taken_pinned_port_with_the_gateway_log() -> None:
+    # Pinned ports are not re-picked (a restart test needs that exact port): one clear error.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError) as info, running_gateway(ECHO, ws_port=port):
+            pass
+    message = str(info.value)
+    assert message.startswith("gateway ports taken 1 times")
+    assert f"port {port} (--ws-port) is already in use" in message
+
 # ----- reload -------------------------------------------------------------------------------------
 
 
