@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from bench.common import Section, app_gateway, fmt, log, median, raise_nofile, ratio
+from bench.common import Section, app_gateway, fmt, log, raise_nofile, ratio
 from bench.room import Room
 
 LATENCY_MS = 20
@@ -40,15 +40,9 @@ async def _measure(url: str, sizes: tuple[int, ...], repeats: int, repeats_over_
             timeout = 30.0 + size * 0.1
             if index == 0:
                 await room.send("fanout", size, timeout)  # warm-up: threads, pooled connections
-            times: list[float] = []
-            for _ in range(repeats if size <= 100 else repeats_over_100):
-                elapsed, reply, _marker = await room.send("fanout", size, timeout)
-                delivered = reply.get("data", {}).get("delivered")
-                if delivered != size:
-                    log(f"fan-out M={size}: sent reply says delivered={delivered}")
-                times.append(elapsed)
-            results[size] = median(times)
-            log(f"fan-out M={size}: {fmt(results[size] * 1000, 0)} ms ({len(times)} runs)")
+            runs = repeats if size <= 100 else repeats_over_100
+            results[size] = await room.median_send("fanout", size, runs, timeout, "fan-out")
+            log(f"fan-out M={size}: {fmt(results[size] * 1000, 0)} ms ({runs} runs)")
     finally:
         await room.close()
     return results

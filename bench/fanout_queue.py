@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from bench.common import Section, app_gateway, fmt, log, median, raise_nofile, ratio
+from bench.common import Section, app_gateway, fmt, log, raise_nofile, ratio
 from bench.room import Room
 
 LATENCY_MS = 20
@@ -41,15 +41,8 @@ async def _measure(url: str, sizes: tuple[int, ...], repeats: int) -> dict[int, 
             await room.grow(size, "big")
             timeout = 60.0 + size * 0.05
             await room.send("big", size, timeout)  # warm-up: containers, pooled connections
-            times: list[float] = []
-            for _ in range(repeats):
-                elapsed, reply, _marker = await room.send("big", size, timeout)
-                data = reply.get("data", {})
-                reached = data.get("delivered", 0) + data.get("queued", 0)
-                if reached != size:
-                    log(f"fan-out queue M={size}: sent reply says {data}")
-                times.append(elapsed)
-            results[size] = median(times)
+            results[size] = await room.median_send("big", size, repeats, timeout,
+                                                   "fan-out queue")
             log(f"fan-out queue M={size}: {fmt(results[size] * 1000, 0)} ms")
     finally:
         await room.close()

@@ -12,6 +12,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.common import log, median
+
 #: How many handshakes or joins are in flight at once while building a room.
 SETUP_PARALLELISM = 128
 
@@ -147,6 +149,21 @@ class Room:
                 if reply.get("type") in ("sent", "error"):
                     break
         return elapsed, reply, marker
+
+    async def median_send(self, room: str, size: int, runs: int, timeout: float,
+                          label: str) -> float:
+        """Median seconds of ``runs`` sends to ``size`` members; logs a reply that reached fewer.
+
+        "Reached" counts both delivered and queued (handed to fan-out workers) recipients.
+        """
+        times: list[float] = []
+        for _ in range(runs):
+            elapsed, reply, _marker = await self.send(room, size, timeout)
+            data = reply.get("data", {})
+            if data.get("delivered", 0) + data.get("queued", 0) != size:
+                log(f"{label} M={size}: sent reply says {data}")
+            times.append(elapsed)
+        return median(times)
 
     async def close(self, members: Sequence[Member] | None = None) -> None:
         targets = list(self.members if members is None else members)
