@@ -6,10 +6,11 @@
   condition) and ``MetricsNamespace`` (the app's ``METRICS_NAMESPACE``, default ``WsRooms``);
 * ``AlarmTopic`` (SNS) and, with an email, ``AlarmEmailSubscription``;
 * the alarms of :func:`alarms` (all notify the topic, on ALARM and on OK);
-* ``Dashboard`` (``ws-rooms-<stage>``).
+* ``Dashboard`` (``<app>-<stage>``, :class:`deploy.names.StageNames`).
 
 docs/operations.md is the runbook: what each alarm means and what to do.  The custom metric names
-are :mod:`chalicelib.metrics`'s; their dimensions are exactly ``service`` and ``stage``.
+are :mod:`chalicelib.metrics`'s; their dimensions are exactly ``service`` (the Chalice app name,
+which :mod:`chalicelib.observability` uses as the service) and ``stage``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import json
 from typing import Any
 
 from chalicelib import metrics
-from chalicelib.metrics import DEFAULT_NAMESPACE, SERVICE
-from deploy.policies import API_GATEWAY_STAGE, FUNCTIONS, LAST_SEEN_INDEX, function_name
+from chalicelib.metrics import DEFAULT_NAMESPACE
+from deploy.names import StageNames
+from deploy.policies import FUNCTIONS, LAST_SEEN_INDEX
 
 #: Dead-letter queues (logical ids) and their source queue's consumer.
 DEAD_LETTER_QUEUES = ("WelcomeDeadLetterQueue", "FanOutDeadLetterQueue")
@@ -34,7 +36,7 @@ TOPIC = "AlarmTopic"
 
 def _custom(name: str) -> dict[str, Any]:
     return {"Namespace": {"Ref": "MetricsNamespace"}, "MetricName": name,
-            "Dimensions": [{"Name": "service", "Value": SERVICE},
+            "Dimensions": [{"Name": "service", "Value": {"Ref": "AppName"}},
                            {"Name": "stage", "Value": {"Ref": "Stage"}}]}
 
 
@@ -74,7 +76,7 @@ def _metric(namespace: str, name: str, **dimensions: Any) -> dict[str, Any]:
             "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()]}
 
 
-def alarms(stage: str) -> dict[str, dict[str, Any]]:
+def alarms(names: StageNames) -> dict[str, dict[str, Any]]:
     """Logical id -> alarm resource (docs/operations.md has a section for each)."""
     out: dict[str, dict[str, Any]] = {}
     for queue in DEAD_LETTER_QUEUES:
@@ -86,10 +88,10 @@ def alarms(stage: str) -> dict[str, dict[str, Any]]:
     for logical_id, (name, _role) in FUNCTIONS.items():
         for lambda_metric in ("Errors", "Throttles"):
             out[f"{logical_id}{lambda_metric}Alarm"] = _alarm(
-                f"{function_name(stage, name)}: {lambda_metric} (docs/operations.md)",
+                f"{names.function(name)}: {lambda_metric} (docs/operations.md)",
                 threshold=0,
                 metric=_metric("AWS/Lambda", lambda_metric,
-                               FunctionName=function_name(stage, name)))
+                               FunctionName=names.function(name)))
     out["ForbiddenAlarm"] = _alarm(
         "Forbidden: @connections answered 403, messages are being lost (docs/operations.md)",
         threshold=0, period=60, metric=_custom(metrics.FORBIDDEN))
@@ -100,7 +102,7 @@ def alarms(stage: str) -> dict[str, dict[str, Any]]:
         math=("IF(FILL(ok, 0) + FILL(failed, 0) > 0,"
               " 100 * FILL(failed, 0) / (FILL(ok, 0) + FILL(failed, 0)), 0)",
               {"ok": _custom(metrics.DELIVERIES), "failed": _custom(metrics.DELIVERY_FAILURES)}))
-    api = {"ApiId": {"Ref": WEBSOCKET_API}, "Stage": API_GATEWAY_STAGE}
+    api = {"ApiId": {"Ref": WEBSOCKET_API}, "Stage": names.api_stage}
     for api_metric in ("IntegrationError", "ExecutionError"):
         out[f"Websocket{api_metric}Alarm"] = _alarm(
             f"Websocket{api_metric}: the WebSocket API could not run a route (docs/operations.md)",
@@ -117,11 +119,11 @@ def alarms(stage: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def dashboard_body(stage: str) -> str:
+def dashboard_body(names: StageNames) -> str:
     """The dashboard's JSON, for ``Fn::Sub`` (``${...}`` name the stack's resources)."""
     ns = "${MetricsNamespace}"
-    dims = ["service", SERVICE, "stage", "${Stage}"]
-    api = ["ApiId", "${WebsocketAPI}", "Stage", API_GATEWAY_STAGE]
+    dims = ["service", "${AppName}", "stage", "${Stage}"]
+    api = ["ApiId", "${WebsocketAPI}", "Stage", names.api_stage]
 
     def widget(title: str, rows: list[list[Any]], *, stat: str = "Sum", x: int, y: int,
                width: int = 8) -> dict[str, Any]:
@@ -129,7 +131,7 @@ def dashboard_body(stage: str) -> str:
                 "properties": {"title": title, "region": "${AWS::Region}", "view": "timeSeries",
                                "stacked": False, "stat": stat, "period": 60, "metrics": rows}}
 
-    functions = [["AWS/Lambda", "Errors", "FunctionName", function_name(stage, name),
+    functions = [["AWS/Lambda", "Errors", "FunctionName", names.function(name),
                   {"label": name}] for name, _role in FUNCTIONS.values()]
     queues = [["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName",
                f"${{{queue}.QueueName}}", {"label": f"{queue} depth"}] for queue in QUEUES]
@@ -169,7 +171,7 @@ def dashboard_body(stage: str) -> str:
     return json.dumps({"widgets": widgets}, separators=(",", ":"))
 
 
-def add_monitoring(template: dict[str, Any], stage: str) -> None:
+def add_monitoring(template: dict[str, Any], names: StageNames) -> None:
     """Add the topic, the alarms and the dashboard to ``template`` (the merge template)."""
     template["Parameters"]["AlarmEmail"] = {
         "Type": "String", "Default": "",
@@ -186,21 +188,22 @@ def add_monitoring(template: dict[str, Any], stage: str) -> None:
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}
     resources = template["Resources"]
     resources[TOPIC] = {"Type": "AWS::SNS::Topic", "Properties": {
-        "DisplayName": f"ws-rooms {stage} alarms",
-        "Tags": [{"Key": "app", "Value": "ws-rooms"}, {"Key": "stage", "Value": {"Ref": "Stage"}}],
+        "DisplayName": f"{names.app} {names.stage} alarms",
+        "Tags": [{"Key": "app", "Value": {"Ref": "AppName"}},
+                 {"Key": "stage", "Value": {"Ref": "Stage"}}],
     }}
     resources["AlarmEmailSubscription"] = {
         "Type": "AWS::SNS::Subscription", "Condition": "HasAlarmEmail",
         "Properties": {"TopicArn": {"Ref": TOPIC}, "Protocol": "email",
                        "Endpoint": {"Ref": "AlarmEmail"}},
     }
-    resources.update(alarms(stage))
+    resources.update(alarms(names))
     resources["Dashboard"] = {"Type": "AWS::CloudWatch::Dashboard", "Properties": {
-        "DashboardName": {"Fn::Sub": "ws-rooms-${Stage}"},
-        "DashboardBody": {"Fn::Sub": dashboard_body(stage)},
+        "DashboardName": names.dashboard,
+        "DashboardBody": {"Fn::Sub": dashboard_body(names)},
     }}
     template["Outputs"]["AlarmTopic"] = {"Description": "SNS topic every alarm notifies",
                                          "Value": {"Ref": TOPIC}}
     template["Outputs"]["DashboardUrl"] = {"Value": {"Fn::Sub": (
         "https://console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}"
-        "#dashboards:name=ws-rooms-${Stage}")}}
+        f"#dashboards:name={names.dashboard}")}}

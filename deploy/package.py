@@ -45,14 +45,13 @@ from typing import Any
 
 from deploy.chalice_cli import ENV_FILE_VARIABLE, runtime_from_env
 from deploy.monitoring import add_monitoring
+from deploy.names import ChaliceConfig, repo_config
 from deploy.policies import (
-    API_GATEWAY_STAGE,
     FUNCTIONS,
     SECRET_ARN_CONDITION,
     SECRET_KEY_CONDITION,
     SECRET_PARAMETER_CONDITION,
     cfn_policy,
-    function_name,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +81,7 @@ AUTH_PARAMETERS: dict[str, tuple[str, dict[str, Any]]] = {
         "ConstraintDescription": "empty, or an SSM parameter name starting with / in this stack's"
                                  " account and Region",
         "Description": "HS256 shared secret instead of a JWKS: name of a SecureString parameter"
-                       " (e.g. /ws-rooms/prod/auth-secret), read by $connect only",
+                       " (e.g. /my-app/prod/auth-secret), read by $connect only",
     }),
     "AuthSecretArn": ("WS_AUTH_SECRET_ARN", {
         "Type": "String",
@@ -178,18 +177,27 @@ FANOUT_MAX_CONCURRENCY = 3
 WEBSOCKET_STAGE = "WebsocketAPIStage"
 
 
-def merge_template(stage: str) -> dict[str, Any]:
-    """The template ``chalice package --merge-template`` deep-merges into Chalice's own."""
+def merge_template(stage: str, config: ChaliceConfig | None = None) -> dict[str, Any]:
+    """The template ``chalice package --merge-template`` deep-merges into Chalice's own.
+
+    Names come from ``config`` (the repository's .chalice/config.json when None): the app name
+    and ``stage`` are pinned as the ``AppName`` and ``Stage`` parameters, which name the table and
+    queues; functions, log groups and the dashboard use :class:`deploy.names.StageNames`.
+    Raises ``SystemExit`` for a stage that is not deployed, or names that cannot be.
+    """
+    config = config or repo_config()
+    names = config.names(stage)
+    problems = config.problems()
+    if problems:
+        raise SystemExit(".chalice/config.json: " + "; ".join(problems))
     template: dict[str, Any] = json.loads(RESOURCES.read_text())
-    stage_param = template["Parameters"]["Stage"]
-    if stage not in stage_param["AllowedValues"]:
-        raise SystemExit(f"unknown stage {stage!r}: expected one of {stage_param['AllowedValues']}")
-    # The package is built for one Chalice stage: the stack cannot be deployed as another.
-    stage_param["AllowedValues"] = [stage]
-    stage_param["Default"] = stage
+    # The package is built for one app and Chalice stage: the stack cannot be deployed as another.
+    for parameter, value in (("AppName", names.app), ("Stage", stage)):
+        template["Parameters"][parameter]["AllowedValues"] = [value]
+        template["Parameters"][parameter]["Default"] = value
     resources = template["Resources"]
     endpoint = ("https://${WebsocketAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}"
-                f"/{API_GATEWAY_STAGE}")
+                f"/{names.api_stage}")
     for logical_id, (name, role_id) in FUNCTIONS.items():
         concurrency = reserved_concurrency_parameter(logical_id)
         template["Parameters"][concurrency] = {
@@ -200,7 +208,7 @@ def merge_template(stage: str) -> dict[str, Any]:
         }
         template["Conditions"][f"Has{concurrency}"] = _not_empty(concurrency)
         resources[logical_id] = {"Properties": {
-            "FunctionName": function_name(stage, name),
+            "FunctionName": names.function(name),
             "ReservedConcurrentExecutions": {"Fn::If": [
                 f"Has{concurrency}", {"Ref": concurrency}, {"Ref": "AWS::NoValue"}]},
             "Environment": {"Variables": {
@@ -222,11 +230,11 @@ def merge_template(stage: str) -> dict[str, Any]:
         # retention.
         log_group_id = role_id.removesuffix("Role") + "LogGroup"
         resources[log_group_id] = {"Properties": {
-            "LogGroupName": f"/aws/lambda/{function_name(stage, name)}",
+            "LogGroupName": f"/aws/lambda/{names.function(name)}",
         }}
         resources[role_id] = {"Properties": {"Policies": [{
             "PolicyName": f"{role_id}Policy",
-            "PolicyDocument": cfn_policy(stage, name),
+            "PolicyDocument": cfn_policy(names, name),
         }]}}
     # Chalice writes the queue as {"Fn::Sub": "arn:...:<name>"}; the merge is a deep merge, so
     # the override must use the same key (a GetAtt would end up next to the Sub).
@@ -306,7 +314,7 @@ def merge_template(stage: str) -> dict[str, Any]:
     if not template["Conditions"]:
         del template["Conditions"]
     # Alarms (all notifying one SNS topic) and the dashboard: deploy/monitoring.py.
-    add_monitoring(template, stage)
+    add_monitoring(template, names)
     resolved: dict[str, Any] = _resolve_if(template, "IsProd", is_prod)
     return resolved
 

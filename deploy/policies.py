@@ -31,7 +31,10 @@ What the code calls (keep in sync with ``chalicelib``; ``tests/deploy`` checks t
   ``@connections``: ``execute-api:ManageConnections``.
 * CloudWatch Logs: CreateLogGroup, CreateLogStream, PutLogEvents on the function's log group.
 
-Run ``python -m deploy.policies`` to rewrite ``deploy/iam/*.json`` after changing this module.
+Every name comes from ``.chalice/config.json`` (:mod:`deploy.names`: the app name, the stage and
+its ``api_gateway_stage``).  Run ``python -m deploy.policies`` to rewrite ``deploy/iam/*.json``
+and the derived stage variables of ``.chalice/config.json`` after changing this module, the app
+name, or the stages.
 """
 
 from __future__ import annotations
@@ -41,11 +44,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-APP_NAME = "ws-rooms"
-STAGES = ("dev", "prod")
-#: API Gateway stage name (``api_gateway_stage`` in .chalice/config.json): the WebSocket API's
-#: stage, part of every @connections ARN.
-API_GATEWAY_STAGE = "api"
+from deploy.names import CONFIG_PATH, ChaliceConfig, StageNames, render_config, repo_config
+
 LAST_SEEN_INDEX = "by-last-seen"  # chalicelib.store.dynamodb.LAST_SEEN_INDEX (a test checks)
 
 #: Chalice's CloudFormation logical id of each function -> (Chalice function name, role id).
@@ -107,19 +107,6 @@ SECRET_KEY_ACTIONS = ["kms:Decrypt"]
 MANAGE_CONNECTIONS = ["execute-api:ManageConnections"]
 
 
-def function_name(stage: str, name: str) -> str:
-    """The Lambda function name Chalice gives ``name`` in ``stage`` (``chalice deploy``)."""
-    return f"{APP_NAME}-{stage}" if name == "api_handler" else f"{APP_NAME}-{stage}-{name}"
-
-
-def table_name(stage: str) -> str:
-    return f"{APP_NAME}-{stage}-connections"
-
-
-def queue_name(stage: str, suffix: str = "welcome") -> str:
-    return f"{APP_NAME}-{stage}-{suffix}"
-
-
 def _doc(statements: list[dict[str, Any]]) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
@@ -139,7 +126,7 @@ def _via(service: str) -> dict[str, Any]:
         "Fn::Sub": f"{service}.${{AWS::Region}}.${{AWS::URLSuffix}}"}}}
 
 
-def cfn_policy(stage: str, name: str) -> dict[str, Any]:
+def cfn_policy(names: StageNames, name: str) -> dict[str, Any]:
     """The policy document of function ``name`` in the packaged template (Fn::Sub ARNs).
 
     Optional grants are ``Fn::If`` on a stack condition: the table's customer managed key
@@ -148,8 +135,8 @@ def cfn_policy(stage: str, name: str) -> dict[str, Any]:
     """
     prefix = "arn:${AWS::Partition}"
     region_account = "${AWS::Region}:${AWS::AccountId}"
-    log_group = f"{prefix}:logs:{region_account}:log-group:/aws/lambda/{function_name(stage, name)}"
-    connections = f"{prefix}:execute-api:{region_account}:${{WebsocketAPI}}/{API_GATEWAY_STAGE}"
+    log_group = f"{prefix}:logs:{region_account}:log-group:/aws/lambda/{names.function(name)}"
+    connections = f"{prefix}:execute-api:{region_account}:${{WebsocketAPI}}/{names.api_stage}"
     statements = [
         _stmt("Logs", LOGS_ACTIONS, [{"Fn::Sub": log_group}, {"Fn::Sub": log_group + ":*"}]),
         _stmt("ConnectionsTable", DYNAMODB_TABLE_ACTIONS,
@@ -193,7 +180,7 @@ def cfn_policy(stage: str, name: str) -> dict[str, Any]:
     return _doc(statements)
 
 
-def static_policy(stage: str, consumer: str | None) -> dict[str, Any]:
+def static_policy(names: StageNames, consumer: str | None) -> dict[str, Any]:
     """The ``iam_policy_file`` for ``chalice deploy`` (``consumer``: that queue consumer's file).
 
     Chalice names one default file per stage, shared by every function without a file of its
@@ -201,17 +188,20 @@ def static_policy(stage: str, consumer: str | None) -> dict[str, Any]:
     any of them calls, so both queues' sends.  Each consumer's file grants what that consumer
     calls: neither consumer sends to the welcome queue.  The static files grant no KMS, SSM or
     Secrets Manager access: ``chalice deploy`` users add those themselves (docs/deploy.md).
+
+    The WebSocket API's id is ``*``, so the ``@connections`` grant is scoped by the stage's own
+    ``api_gateway_stage``, which :meth:`ChaliceConfig.problems` keeps distinct per stage.
     """
     functions = ([consumer] if consumer is not None
                  else [n for n, _role in FUNCTIONS.values() if n not in CONSUMERS])
     log_groups = []
     for chalice_name, _role in FUNCTIONS.values():
-        group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{function_name(stage, chalice_name)}"
+        group = f"arn:aws:logs:*:*:log-group:/aws/lambda/{names.function(chalice_name)}"
         log_groups += [group, group + ":*"]
-    table = f"arn:aws:dynamodb:*:*:table/{table_name(stage)}"
-    queue = f"arn:aws:sqs:*:*:{queue_name(stage)}"
-    fanout_queue = f"arn:aws:sqs:*:*:{queue_name(stage, 'fanout')}"
-    connections = f"arn:aws:execute-api:*:*:*/{API_GATEWAY_STAGE}"
+    table = f"arn:aws:dynamodb:*:*:table/{names.table}"
+    queue = f"arn:aws:sqs:*:*:{names.queue('welcome')}"
+    fanout_queue = f"arn:aws:sqs:*:*:{names.queue('fanout')}"
+    connections = f"arn:aws:execute-api:*:*:*/{names.api_stage}"
     statements = [
         _stmt("Logs", LOGS_ACTIONS, log_groups),
         _stmt("ConnectionsTable", DYNAMODB_TABLE_ACTIONS, [table]),
@@ -229,17 +219,20 @@ def static_policy(stage: str, consumer: str | None) -> dict[str, Any]:
     if consumer is not None:
         queue_id, suffix = CONSUMERS[consumer]
         statements.append(_stmt(f"{queue_id}Consume", SQS_CONSUMER_ACTIONS,
-                                [f"arn:aws:sqs:*:*:{queue_name(stage, suffix)}"]))
+                                [f"arn:aws:sqs:*:*:{names.queue(suffix)}"]))
     return _doc(statements)
 
 
-def static_policy_files() -> dict[str, dict[str, Any]]:
-    """File name (under deploy/iam/) -> document, for every stage."""
+def static_policy_files(config: ChaliceConfig | None = None) -> dict[str, dict[str, Any]]:
+    """File name (under deploy/iam/) -> document, for every deployed stage of ``config`` (the
+    repository's when None)."""
+    config = config or repo_config()
     files = {}
-    for stage in STAGES:
-        files[f"{stage}.json"] = static_policy(stage, consumer=None)
+    for stage in config.deployed_stages:
+        names = config.names(stage)
+        files[f"{stage}.json"] = static_policy(names, consumer=None)
         for consumer in CONSUMERS:
-            files[f"{stage}-{consumer}.json"] = static_policy(stage, consumer=consumer)
+            files[f"{stage}-{consumer}.json"] = static_policy(names, consumer=consumer)
     return files
 
 
@@ -248,11 +241,23 @@ def render(document: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    """Rewrite deploy/iam/*.json and the derived stage variables of .chalice/config.json."""
+    config = repo_config()
+    problems = config.problems()
+    if problems:
+        print("\n".join(f".chalice/config.json: {problem}" for problem in problems),
+              file=sys.stderr)
+        return 1
     iam_dir = Path(__file__).resolve().parent / "iam"
     iam_dir.mkdir(exist_ok=True)
-    for filename, document in static_policy_files().items():
+    for filename, document in static_policy_files(config).items():
         (iam_dir / filename).write_text(render(document))
         print(f"wrote {iam_dir / filename}")
+    config_path = CONFIG_PATH
+    text = render_config(config.synced())
+    if config_path.read_text() != text:
+        config_path.write_text(text)
+        print(f"updated the derived variables in {config_path}")
     return 0
 
 

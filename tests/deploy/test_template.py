@@ -24,6 +24,7 @@ from chalicelib.settings import Settings
 from chalicelib.store.dynamodb import LAST_SEEN_INDEX, TTL_ATTRIBUTE, table_definition
 from deploy import monitoring, policies
 from deploy.chalice_cli import ENV_FILE_VARIABLE, load_env_file, overlay_environment
+from deploy.names import repo_config
 from deploy.package import (
     AUTH_PARAMETERS,
     SECRET_CONDITIONS,
@@ -40,6 +41,8 @@ MAX_DEPLOYMENT_ZIP = 100_000
 #: Actions that may use "Resource": "*".  Empty: nothing the app calls lacks resource-level
 #: permissions (X-Ray's PutTraceSegments would, if Tracing were Active; it is PassThrough).
 WILDCARD_ALLOWLIST: frozenset[str] = frozenset()
+#: The names of the packaged stage.
+PROD = repo_config().names("prod")
 
 
 #: Put in a DEPLOY_ENV_FILE overlay for the package build: deploy.package must ignore it.
@@ -151,7 +154,7 @@ def test_connections_table(resources: dict[str, Any]) -> None:
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
-    assert props["TableName"] == {"Fn::Sub": "ws-rooms-${Stage}-connections"}
+    assert props["TableName"] == {"Fn::Sub": "${AppName}-${Stage}-connections"}
 
 
 def test_dev_table_has_no_point_in_time_recovery() -> None:
@@ -159,10 +162,12 @@ def test_dev_table_has_no_point_in_time_recovery() -> None:
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": False}
 
 
-def test_stage_parameter_is_pinned(package: dict[str, Any]) -> None:
-    stage = package["template"]["Parameters"]["Stage"]
-    assert stage["AllowedValues"] == ["prod"]
-    assert stage["Default"] == "prod"
+def test_app_name_and_stage_parameters_are_pinned(package: dict[str, Any]) -> None:
+    parameters = package["template"]["Parameters"]
+    assert parameters["Stage"]["AllowedValues"] == ["prod"]
+    assert parameters["Stage"]["Default"] == "prod"
+    assert parameters["AppName"]["AllowedValues"] == [repo_config().app_name]
+    assert parameters["AppName"]["Default"] == repo_config().app_name
 
 
 @pytest.mark.parametrize("queue_id, consumer_id", [
@@ -222,7 +227,7 @@ def test_functions_get_their_configuration_from_the_stack(resources: dict[str, A
         assert "${WebsocketAPI}" in variables["WS_MANAGEMENT_ENDPOINT"]["Fn::Sub"]
         for key in ("WELCOME_DELAY_SECONDS", "FANOUT_CONCURRENCY", "LOG_LEVEL"):
             assert isinstance(variables[key], str), key
-        assert props["FunctionName"] == policies.function_name("prod", name)
+        assert props["FunctionName"] == PROD.function(name)
 
 
 def test_every_function_gets_auth_from_the_stack_parameters(package: dict[str, Any]) -> None:
@@ -433,7 +438,7 @@ def test_env_file_overlay_reaches_every_function_of_a_deploy_stage(
     for name in ("websocket_connect", policies.QUEUE_CONSUMER):
         env = config.scope("dev", name).environment_variables
         assert env["WS_AUTH_JWKS_URL"] == "https://idp.example.com/jwks.json"
-        assert env["CONNECTIONS_STORE"] == f"dynamodb://{policies.table_name('dev')}"
+        assert env["CONNECTIONS_STORE"] == f"dynamodb://{repo_config().names('dev').table}"
 
 
 @pytest.mark.parametrize("content", ['["WS_AUTH_JWKS_URL"]', '{"WS_RATE_LIMIT": 5}', "{"])
@@ -448,7 +453,7 @@ def test_log_groups_have_retention(resources: dict[str, Any]) -> None:
     groups = _of_type(resources, "AWS::Logs::LogGroup")
     assert len(groups) == len(policies.FUNCTIONS)
     names = {g["Properties"]["LogGroupName"] for g in groups.values()}
-    assert names == {f"/aws/lambda/{policies.function_name('prod', n)}"
+    assert names == {f"/aws/lambda/{PROD.function(n)}"
                      for n, _ in policies.FUNCTIONS.values()}
     assert all(g["Properties"]["RetentionInDays"] == 30 for g in groups.values())
 
@@ -461,7 +466,7 @@ def test_websocket_api_and_its_three_routes(resources: dict[str, Any]) -> None:
               _of_type(resources, "AWS::ApiGatewayV2::Route").values()}
     assert routes == {"$connect", "$default", "$disconnect"}
     stage = resources["WebsocketAPIStage"]["Properties"]
-    assert stage["StageName"] == policies.API_GATEWAY_STAGE
+    assert stage["StageName"] == PROD.api_stage == "prod"
 
 
 def test_rest_route_uses_the_iam_authorizer(resources: dict[str, Any]) -> None:
@@ -617,9 +622,9 @@ def test_each_role_grants_exactly_what_the_code_calls(resources: dict[str, Any])
         for arn in by_sid["ManageConnections"]["Resource"]:
             assert re.fullmatch(
                 r"arn:\$\{AWS::Partition\}:execute-api:\$\{AWS::Region\}:\$\{AWS::AccountId\}:"
-                r"\$\{WebsocketAPI\}/api/(GET|POST)/@connections/\*", arn["Fn::Sub"]), arn
+                r"\$\{WebsocketAPI\}/prod/(GET|POST)/@connections/\*", arn["Fn::Sub"]), arn
         for arn in by_sid["Logs"]["Resource"]:
-            assert f"log-group:/aws/lambda/{policies.function_name('prod', name)}" in arn["Fn::Sub"]
+            assert f"log-group:/aws/lambda/{PROD.function(name)}" in arn["Fn::Sub"]
 
 
 def _calls(path: str, receiver: str) -> set[str]:
@@ -655,7 +660,7 @@ def test_static_policy_files_grant_per_function_queues() -> None:
     queues); the worker's file sends to the fan-out queue only (it re-enqueues), the follow-up's
     to none; none grants KMS, SSM or Secrets Manager (chalice deploy users add those:
     docs/deploy.md)."""
-    for stage in policies.STAGES:
+    for stage in repo_config().deployed_stages:
         for filename, sends in ((f"{stage}.json", {"WelcomeQueueSend", "FanOutQueueSend"}),
                                 (f"{stage}-welcome_follow_up.json", set()),
                                 (f"{stage}-fan_out_worker.json", {"FanOutQueueSend"})):
@@ -681,20 +686,21 @@ def test_stage_config() -> None:
     config = json.loads((ROOT / ".chalice" / "config.json").read_text())
     stages = config["stages"]
     assert stages["test"] == {"environment_variables": {}}
-    for stage in policies.STAGES:
+    for stage in repo_config().deployed_stages:
         settings = stages[stage]
         env = settings["environment_variables"]
-        assert env["CONNECTIONS_STORE"] == f"dynamodb://{policies.table_name(stage)}"
-        assert env["WELCOME_QUEUE_URL"] == policies.queue_name(stage)
-        assert env["WELCOME_QUEUE_NAME"] == policies.queue_name(stage)
+        names = repo_config().names(stage)
+        assert env["CONNECTIONS_STORE"] == f"dynamodb://{names.table}"
+        assert env["WELCOME_QUEUE_URL"] == names.queue("welcome")
+        assert env["WELCOME_QUEUE_NAME"] == names.queue("welcome")
         for key in ("WELCOME_DELAY_SECONDS", "FANOUT_CONCURRENCY", "LOG_LEVEL"):
             assert key in env
         assert settings["autogen_policy"] is False
         assert settings["automatic_layer"] is True
         assert settings["log_retention_in_days"] > 0
         assert settings["iam_policy_file"] == f"../deploy/iam/{stage}.json"
-        assert env["FANOUT_QUEUE_URL"] == policies.queue_name(stage, "fanout")
-        assert env["FANOUT_QUEUE_NAME"] == policies.queue_name(stage, "fanout")
+        assert env["FANOUT_QUEUE_URL"] == names.queue("fanout")
+        assert env["FANOUT_QUEUE_NAME"] == names.queue("fanout")
         for consumer in policies.CONSUMERS:
             assert (settings["lambda_functions"][consumer]["iam_policy_file"]
                     == f"../deploy/iam/{stage}-{consumer}.json")
@@ -787,7 +793,7 @@ def test_errors_and_throttles_of_every_function_are_alarmed(resources: dict[str,
             props = resources[f"{logical_id}{metric_name}Alarm"]["Properties"]
             assert (props["Namespace"], props["MetricName"]) == ("AWS/Lambda", metric_name)
             assert props["Dimensions"] == [{"Name": "FunctionName", "Value": function}]
-            assert function == policies.function_name("prod", name)
+            assert function == PROD.function(name)
 
 
 def test_custom_metric_alarms_use_the_app_names_and_dimensions(
@@ -802,7 +808,8 @@ def test_custom_metric_alarms_use_the_app_names_and_dimensions(
     assert names == {metrics.DELIVERY_FAILURES, metrics.DELIVERIES}
     for alarm in (resources["ForbiddenAlarm"], rate):
         for metric in _alarm_metrics(alarm):
-            assert metric["Dimensions"] == [{"Name": "service", "Value": "ws-rooms"},
+            # The service is the Chalice app's name (chalicelib.observability), AppName here.
+            assert metric["Dimensions"] == [{"Name": "service", "Value": {"Ref": "AppName"}},
                                             {"Name": "stage", "Value": {"Ref": "Stage"}}]
     for logical_id in policies.FUNCTIONS:
         variables = resources[logical_id]["Properties"]["Environment"]["Variables"]
@@ -836,7 +843,7 @@ def test_the_dashboard_shows_what_an_operator_needs(resources: dict[str, Any]) -
     stats = {row[-1].get("stat") for row in rows if row[1] == "FanOutMs"}
     assert stats == {"p50", "p99"}
     errors = {row[3] for row in rows if row[:2] == ["AWS/Lambda", "Errors"]}
-    assert errors == {policies.function_name("prod", n) for n, _r in policies.FUNCTIONS.values()}
+    assert errors == {PROD.function(n) for n, _r in policies.FUNCTIONS.values()}
     depth = {row[3] for row in rows if row[1] == "ApproximateNumberOfMessagesVisible"}
     assert depth == {f"${{{queue}.QueueName}}" for queue in monitoring.QUEUES}
     # Every custom metric on the dashboard is one the app emits.
