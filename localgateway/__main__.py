@@ -382,10 +382,15 @@ class LocalGateway:
             poller.stop()
         if self.rest_thread is not None:
             self.rest_thread.shutdown()
+        # The SQS process and the containers stop concurrently: each waits for processes to exit.
+        queues = self.queues
+        stopping = threading.Thread(target=queues.stop, name="sqs-stop") if queues else None
+        if stopping is not None:
+            stopping.start()
         if self.containers is not None:
             self.containers.close()
-        if self.queues is not None:
-            self.queues.stop()
+        if stopping is not None:
+            stopping.join()
 
     def on_change(self) -> None:
         """Reload: re-import the app; containers switch once new ones import cleanly."""

@@ -142,7 +142,8 @@ class RecordingManagementApi:
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name="management-api",
+        # shutdown() waits up to one poll interval (0.5 s by default) for the loop to notice.
+        threading.Thread(target=server.serve_forever, args=(0.02,), name="management-api",
                          daemon=True).start()
         self._server = server
         return self

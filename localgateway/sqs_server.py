@@ -427,6 +427,10 @@ def make_app(service: SqsService) -> Any:
     return app
 
 
+#: Seconds a stopping server waits for open requests before cancelling them.
+SHUTDOWN_GRACE_SECONDS = 0.1
+
+
 def main(argv: list[str] | None = None) -> int:
     from aiohttp import web
 
@@ -435,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     backend = SqsBackend(f"http://{args.host}:{args.port}")
+    # A short shutdown grace: the requests still open at shutdown are the pollers' long polls
+    # (up to 20 s each), and the queues live in this process's memory anyway.
     web.run_app(make_app(SqsService(backend)), host=args.host, port=args.port,
-                access_log=None, print=None, handle_signals=True)
+                access_log=None, print=None, handle_signals=True,
+                shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     return 0
 
 

@@ -86,10 +86,12 @@ def gateway(start_gateway: StartGateway) -> Iterator[Gateway]:
         yield gw
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One Chromium per test. Not session-scoped: the sync API keeps an asyncio loop running in
-    this thread while Playwright is started, which breaks ``asyncio.run()`` in later tests."""
+    """One Chromium per test module; each test gets its own context (cookies, storage, pages).
+    Not session-scoped: the sync API keeps an asyncio loop running in this thread while
+    Playwright is started, which breaks ``asyncio.run()`` in the worker's later test files (the
+    browser modules themselves use none)."""
     if not os.path.exists(CHROMIUM):
         pytest.fail(
             f"Chromium not found at {CHROMIUM}: run scripts/install-browser.sh "

@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+#: Seconds between the serve loop's shutdown checks.
+POLL_INTERVAL = 0.02
+
 
 def start_server(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
     """Serve ``handler`` on 127.0.0.1 (free port) from a daemon thread."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # A short poll interval: shutdown() waits up to one interval (0.5 s by default).
+    threading.Thread(target=server.serve_forever, args=(POLL_INTERVAL,), daemon=True).start()
     return server
 
 
