@@ -39,6 +39,7 @@ name, or the stages.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -240,24 +241,36 @@ def render(document: dict[str, Any]) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def main() -> int:
-    """Rewrite deploy/iam/*.json and the derived stage variables of .chalice/config.json."""
-    config = repo_config()
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite (or with ``--check``, compare) deploy/iam/*.json and the derived stage variables
+    of .chalice/config.json; 1 when the config's names cannot be deployed or are stale."""
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.policies",
+        description="Write deploy/iam/*.json and the derived variables of every deployed stage"
+                    " in .chalice/config.json, from its app_name, stages and api_gateway_stage"
+                    " (deploy/names.py).")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if any file would change")
+    args = parser.parse_args(argv)
+    config = ChaliceConfig.load(CONFIG_PATH)
     problems = config.problems()
     if problems:
-        print("\n".join(f".chalice/config.json: {problem}" for problem in problems),
-              file=sys.stderr)
+        print("\n".join(f"{CONFIG_PATH}: {problem}" for problem in problems), file=sys.stderr)
         return 1
     iam_dir = Path(__file__).resolve().parent / "iam"
+    wanted = {iam_dir / name: render(document)
+              for name, document in static_policy_files(config).items()}
+    wanted[CONFIG_PATH] = render_config(config.synced())
+    stale = [path for path, text in wanted.items()
+             if not path.exists() or path.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"stale: {path} (run python -m deploy.policies)", file=sys.stderr)
+        return 1 if stale else 0
     iam_dir.mkdir(exist_ok=True)
-    for filename, document in static_policy_files(config).items():
-        (iam_dir / filename).write_text(render(document))
-        print(f"wrote {iam_dir / filename}")
-    config_path = CONFIG_PATH
-    text = render_config(config.synced())
-    if config_path.read_text() != text:
-        config_path.write_text(text)
-        print(f"updated the derived variables in {config_path}")
+    for path in stale:
+        path.write_text(wanted[path])
+        print(f"wrote {path}")
     return 0
 
 

@@ -39,6 +39,7 @@ COMMANDS = (
     "bench.capacity",
     "bench.roundtrip",
     "deploy.package",
+    "deploy.policies",
     "wsrooms_client",
     "tests.reliability.soak",
 )

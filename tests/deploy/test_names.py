@@ -180,6 +180,18 @@ def test_repo_config_is_in_sync_with_its_names() -> None:
         "the derived variables in .chalice/config.json are stale: run python -m deploy.policies")
 
 
+def test_policies_check_passes_on_the_repo_and_help_writes_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert policies.main(["--check"]) == 0
+    before = {path: path.read_text() for path in (ROOT / "deploy" / "iam").glob("*.json")}
+    with pytest.raises(SystemExit) as exit_info:
+        policies.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--check" in capsys.readouterr().out
+    assert before == {path: path.read_text() for path in (ROOT / "deploy" / "iam").glob("*.json")}
+
+
 def test_no_deploy_module_hard_codes_the_app_name() -> None:
     for path in [*sorted((ROOT / "deploy").glob("*.py")), ROOT / "deploy" / "resources.json"]:
         text = path.read_text()
