@@ -73,7 +73,10 @@ def run(quick: bool) -> Section:
     args = ["--latency-ms", str(LATENCY_MS), "--max-workers", "64",
             "--drop-disconnect-rate", "1", "--seed", "1"]
     log(f"stale members: M={size}, {int(STALE_FRACTION * 100)}% stale")
-    with app_gateway(args) as gateway:
+    # As in workload 1: presence off (building the room would announce every join to the
+    # members so far, N^2 posts) and the whole room fanned out inline by the sending function.
+    env = {"PRESENCE": "off", "FANOUT_INLINE_MAX": "100000"}
+    with app_gateway(args, env=env) as gateway:
         results = asyncio.run(_measure(gateway, size))
     section = Section(
         f"2. Stale members: room of M={size:,}, {int(STALE_FRACTION * 100)}% of the records "
