@@ -80,9 +80,30 @@ PRICE_SQS_REQUEST = Constant(0.40e-6, "aws.amazon.com/sqs/pricing: $0.40 per mil
 
 # ---------------------------------------------------------------------- measured and assumed
 
-CPU_PER_POST_S = Constant(0.000624, "measured: docs/benchmarks.md section 3 (`Deliverer`, one"
-                          " cached client: 0.624 ms CPU per delivery on one core of this"
-                          " machine), taken as one Lambda vCPU")
+BENCHMARKS = os.path.join(ROOT, "docs", "benchmarks.md")
+#: The row of docs/benchmarks.md section 3 (``bench/cost.py``) that measures the app's sender.
+DELIVERER_ROW = "| app: `Deliverer`, one cached client |"
+
+
+def measured_cpu_per_post(path: str = BENCHMARKS) -> Constant:
+    """CPU seconds per delivery as ``make bench`` last measured it (docs/benchmarks.md section 3:
+    the fourth column of the ``Deliverer`` row), so the model never copies a stale figure.
+
+    Raises ``ValueError`` naming the file when the row is missing or malformed.
+    """
+    with open(path) as f:
+        rows = [line for line in f if line.startswith(DELIVERER_ROW)]
+    try:
+        milliseconds = float(rows[-1].split("|")[4])
+    except (IndexError, ValueError):
+        raise ValueError(f"{path}: no section 3 row {DELIVERER_ROW!r} with the CPU ms per"
+                         " delivery in its fourth column (run make bench)") from None
+    return Constant(milliseconds / 1000, "measured: docs/benchmarks.md section 3 (`Deliverer`,"
+                    f" one cached client: {milliseconds:.3f} ms CPU per delivery on one core of"
+                    " this machine), taken as one Lambda vCPU")
+
+
+CPU_PER_POST_S = measured_cpu_per_post()
 #: Assumptions (no AWS measurement available offline); each says so in the report.
 DYNAMODB_CALL_S = Constant(0.005, "assumed: in-Region DynamoDB single-item call latency")
 POST_LATENCY_S = Constant(0.020, "assumed: in-Region PostToConnection round trip")

@@ -168,10 +168,10 @@ THROTTLING_PARAMETERS: dict[str, tuple[str, int]] = {
     "MessageThrottlingBurstLimit": ("burst of client messages ($default)", 4000),
     "MessageThrottlingRateLimit": ("steady client messages ($default) per second", 2000),
 }
-#: Concurrent fan-out workers (the event source mapping's MaximumConcurrency, 2..1000).  One
-#: worker with a full vCPU posts about 1,600 messages/s (0.62 ms of CPU per post, measured by
-#: ``make bench``); three stay under 5,000 posts/s, half the account's 10,000 requests/s, and
-#: deliver a 100,000-member room in about 21 s (docs/capacity.md).
+#: Concurrent fan-out workers (the event source mapping's MaximumConcurrency, 2..1000).  A worker
+#: with a full vCPU is bound by its CPU per post (``make bench`` measures it; docs/capacity.md
+#: turns it into posts/s): three deliver a 100,000-member room within the 30 s target and stay
+#: below the account's 10,000 API Gateway requests/s (docs/capacity.md has the figures).
 FANOUT_MAX_CONCURRENCY = 3
 #: Chalice's logical id of the WebSocket API's stage.
 WEBSOCKET_STAGE = "WebsocketAPIStage"
@@ -283,7 +283,7 @@ def merge_template(stage: str, config: ChaliceConfig | None = None) -> dict[str,
         for parameter, (text, default) in THROTTLING_PARAMETERS.items()})
     template["Parameters"]["FanOutMaxConcurrency"] = {
         "Type": "Number", "Default": FANOUT_MAX_CONCURRENCY, "MinValue": 2, "MaxValue": 1000,
-        "Description": "concurrent fan-out workers; each posts ~1,600 messages/s, and all"
+        "Description": "concurrent fan-out workers (posts/s per worker: docs/capacity.md); all"
                        " @connections calls share the account's 10,000 requests/s",
     }
     # Data trace logging stays off: it would log full requests, token query strings included.

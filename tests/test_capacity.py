@@ -7,9 +7,21 @@ keeps the rooms small; nothing here depends on wall-clock time.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from bench.capacity import QUICK, Measurements, build_model, deployment, measure_all, table_kwargs
+from bench.capacity import (
+    CPU_PER_POST_S,
+    DELIVERER_ROW,
+    QUICK,
+    Measurements,
+    build_model,
+    deployment,
+    measure_all,
+    measured_cpu_per_post,
+    table_kwargs,
+)
 from bench.dynamo_units import Cost, item_size, number_size, read_units, write_units
 from chalicelib.store.dynamodb import table_definition
 
@@ -110,3 +122,17 @@ def test_item_size_follows_the_published_rules() -> None:
 
 def test_the_model_table_is_the_template_table() -> None:
     assert table_kwargs("t") == table_definition("t")
+
+
+def test_cpu_per_post_is_read_from_the_benchmark_report(tmp_path: Path) -> None:
+    """The model's CPU per post is docs/benchmarks.md's section 3 figure, not a copy of it."""
+    report = tmp_path / "benchmarks.md"
+    report.write_text("| sender | deliveries | calls per delivery | CPU ms per delivery |\n"
+                      f"{DELIVERER_ROW} 3,000 | 1.00 | 0.812 | 0.15x |\n")
+    measured = measured_cpu_per_post(str(report))
+    assert measured.value == pytest.approx(0.000812)
+    assert "0.812 ms CPU per delivery" in measured.source
+    assert measured_cpu_per_post() == CPU_PER_POST_S  # the repository's report
+    report.write_text("no table here\n")
+    with pytest.raises(ValueError, match="no section 3 row"):
+        measured_cpu_per_post(str(report))
