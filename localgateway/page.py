@@ -128,6 +128,7 @@ function fill(id, rows, columns, emptyText, decorate) {
 function render(s) {
   fill("management", s.management, 3, "No calls yet", (tr, r) => {
     tr.dataset.status = r.status;
+    tr.dataset.method = r.method;
     if (ALERT_STATUSES.has(r.status)) tr.className = "alert";
     cell(tr, r.status, {header: true});
     cell(tr, r.method);
