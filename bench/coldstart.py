@@ -70,6 +70,16 @@ def _package(cmd: list[str], cwd: str, outdir: Path) -> tuple[int | None, str]:
     return path.stat().st_size, "ok"
 
 
+#: Issue 7: ``import app`` wall time against a hello-world Chalice app.
+WALL_GOAL = 1.2
+#: Issue 14: the module import against the hello-world's.
+MODULE_GOAL = 1.8
+
+
+def _verdict(value: float, goal: float) -> str:
+    return "met" if value <= goal else "NOT met"
+
+
 def run(quick: bool) -> Section:
     runs = 5 if quick else 15
     chalice = str(Path(PYTHON).with_name("chalice"))
@@ -114,13 +124,14 @@ def run(quick: bool) -> Section:
         "6. Cold start and package size",
         ["measure", "baseline: hello-world Chalice app", "this app", "ratio", "goal"],
     )
-    # Issue 14's bound for the module import is 1.8x; the import stays near 1.1x because
-    # Powertools is imported by the first invocation, not by app.py.
-    goal_met = "met" if aw / hw <= 1.2 else "NOT met"
+    # Two goals: issue 7's on the wall time of `import app` (1.2x) and issue 14's on the module
+    # import (1.8x, once Powertools logging and metrics were added to the first invocation).
     section.rows.append(["`python -c \"import app\"` wall ms (fresh interpreter, median)",
-                         fmt(hw * 1000), fmt(aw * 1000), ratio(aw, hw), f"<= 1.20x {goal_met}"])
+                         fmt(hw * 1000), fmt(aw * 1000), ratio(aw, hw),
+                         f"<= 1.20x (issue 7) {_verdict(aw / hw, WALL_GOAL)}"])
     section.rows.append(["import of the module alone, ms (median)", fmt(hi * 1000, 2),
-                         fmt(ai * 1000, 2), ratio(ai, hi), ""])
+                         fmt(ai * 1000, 2), ratio(ai, hi),
+                         f"<= 1.80x (issue 14) {_verdict(ai / hi, MODULE_GOAL)}"])
     ow, oi, fi = median(observed_wall), median(observed_imp), median(first_imp)
     section.rows.append(["first invocation's imports (app + chalicelib.runtime), ms (median)",
                          fmt(hi * 1000, 2), fmt(fi * 1000, 2), ratio(fi, hi), ""])
@@ -139,6 +150,14 @@ def run(quick: bool) -> Section:
         f"{runs} alternating runs of each; the app's package built by {how}, the hello-world's "
         "by `chalice package` (boto3/botocore are provided by the Lambda runtime and not "
         "vendored).")
+    section.notes.append(
+        "What `import app` does beyond Chalice, on purpose: it validates the settings (a "
+        "misconfigured function fails at init with a clear error, not on its first message), "
+        "installs log redaction before anything logs (its patterns are compiled then), and "
+        "registers the blueprint's handlers; `dataclasses` comes with the settings. The first "
+        "invocation needs all of it (and boto3 imports `dataclasses` and `inspect` anyway), so "
+        "deferring it would move the time, not save it: the first-invocation rows are the "
+        "total. boto3, PyJWT and Powertools are not imported by `import app`.")
     section.data = {"app_wall": aw, "hello_wall": hw, "observed_wall": ow, "app_size": app_size,
                     "hello_size": hello_size}
     return section
