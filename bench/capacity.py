@@ -91,11 +91,11 @@ def measured_cpu_per_post(path: str = BENCHMARKS) -> Constant:
 
     Raises ``ValueError`` naming the file when the row is missing or malformed.
     """
-    with open(path) as f:
-        rows = [line for line in f if line.startswith(DELIVERER_ROW)]
     try:
+        with open(path) as f:
+            rows = [line for line in f if line.startswith(DELIVERER_ROW)]
         milliseconds = float(rows[-1].split("|")[4])
-    except (IndexError, ValueError):
+    except (OSError, IndexError, ValueError):
         raise ValueError(f"{path}: no section 3 row {DELIVERER_ROW!r} with the CPU ms per"
                          " delivery in its fourth column (run make bench)") from None
     return Constant(milliseconds / 1000, "measured: docs/benchmarks.md section 3 (`Deliverer`,"

@@ -5,7 +5,8 @@ Chalice already derives its own names this way (``{app}-{stage}`` for the REST h
 function, ``{app}-{stage}-{handler}`` for the others, ``{app}-{stage}-websocket-api``); the
 table, the queues, the dashboard and the IAM files follow the same rule, so renaming the app or
 adding a stage is a config change plus ``python -m deploy.policies``, which rewrites
-``deploy/iam/*.json`` and the derived variables of each deployed stage (:data:`DERIVED_VARIABLES`).
+``deploy/iam/*.json`` and the derived variables of each deployed stage
+(:meth:`ChaliceConfig.derived_environment`).
 
 A *deployed stage* is a stage that names an ``iam_policy_file`` (the ones ``chalice deploy`` and
 ``python -m deploy.package`` build).  Deployed stages must have distinct ``api_gateway_stage``
@@ -39,9 +40,6 @@ MAX_FUNCTION_NAME = 64
 MAX_QUEUE_NAME = 80
 #: Queue name suffixes (each queue has a ``-dlq`` twin).
 QUEUE_SUFFIXES = ("welcome", "fanout")
-#: The stage variables :meth:`ChaliceConfig.derived_environment` owns.
-DERIVED_VARIABLES = ("STAGE", "CONNECTIONS_STORE", "WELCOME_QUEUE_URL", "WELCOME_QUEUE_NAME",
-                     "FANOUT_QUEUE_URL", "FANOUT_QUEUE_NAME")
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,7 @@ class ChaliceConfig:
                        " prefixes table, queue and function names)")
         seen: dict[str, str] = {}
         for stage in self.deployed_stages:
-            names = StageNames(self.app_name, stage, self.api_stage(stage))
+            names = self.names(stage)
             if names.api_stage in seen:
                 out.append(f"stages {seen[names.api_stage]!r} and {stage!r} share"
                            f" api_gateway_stage {names.api_stage!r}: give each deployed stage its"
@@ -148,8 +146,8 @@ class ChaliceConfig:
         }
 
     def synced(self) -> dict[str, Any]:
-        """A copy of the config with every deployed stage's :data:`DERIVED_VARIABLES` rewritten
-        (other keys and their order kept)."""
+        """A copy of the config with every deployed stage's :meth:`derived_environment`
+        rewritten (other keys and their order kept)."""
         data = json.loads(json.dumps(self.data))
         for stage in self.deployed_stages:
             env = data["stages"][stage].setdefault("environment_variables", {})

@@ -383,9 +383,9 @@ class LocalGateway:
         if self.rest_thread is not None:
             self.rest_thread.shutdown()
         # The SQS process and the containers stop concurrently: each waits for processes to exit.
-        queues = self.queues
-        stopping = threading.Thread(target=queues.stop, name="sqs-stop") if queues else None
-        if stopping is not None:
+        stopping = None
+        if self.queues is not None:
+            stopping = threading.Thread(target=self.queues.stop, name="sqs-stop")
             stopping.start()
         if self.containers is not None:
             self.containers.close()

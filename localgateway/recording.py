@@ -32,6 +32,8 @@ ERROR_TYPES = {
     500: "InternalServerError",
 }
 MAX_BODY_BYTES = 1024 * 1024
+#: Seconds between the serve loop's shutdown checks (``stop`` waits up to one).
+SHUTDOWN_POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,8 @@ class RecordingManagementApi:
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         # shutdown() waits up to one poll interval (0.5 s by default) for the loop to notice.
-        threading.Thread(target=server.serve_forever, args=(0.02,), name="management-api",
+        threading.Thread(target=server.serve_forever, args=(SHUTDOWN_POLL_SECONDS,),
+                         name="management-api",
                          daemon=True).start()
         self._server = server
         return self

@@ -35,6 +35,8 @@ LOG = logging.getLogger("localgateway.sqs")
 
 #: Bound on the server's start (moto imports Flask and its backends: seconds).
 SQS_START_TIMEOUT = 60.0
+#: Seconds a stopping SQS server gets after SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 5.0
 DLQ_SUFFIX = "-dlq"
 SQS_SERVERS = ("builtin", "moto")
 BUILTIN_SERVER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sqs_server.py")
@@ -198,16 +200,20 @@ class LocalQueues:
                          "delayed": int(values.get(names[2], 0))})
         return rows
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGTERM the server (SIGKILL after :data:`STOP_GRACE_SECONDS`); returns its exit
+        status (negative: killed by that signal), or None when it was not running."""
         process, self._process = self._process, None
         if process is None:
-            return
+            return None
         process.terminate()
         try:
-            process.wait(timeout=5)
+            return process.wait(timeout=STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
+            LOG.warning("the local SQS server did not stop within %.0f s; killing it",
+                        STOP_GRACE_SECONDS)
             process.kill()
-            process.wait(timeout=5)
+            return process.wait(timeout=STOP_GRACE_SECONDS)
 
 
 def failed_message_ids(result: Any, message_ids: Sequence[str]) -> set[str] | None:

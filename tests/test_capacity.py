@@ -136,3 +136,5 @@ def test_cpu_per_post_is_read_from_the_benchmark_report(tmp_path: Path) -> None:
     report.write_text("no table here\n")
     with pytest.raises(ValueError, match="no section 3 row"):
         measured_cpu_per_post(str(report))
+    with pytest.raises(ValueError, match=r"missing\.md: no section 3 row"):
+        measured_cpu_per_post(str(tmp_path / "missing.md"))

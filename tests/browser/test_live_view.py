@@ -8,7 +8,6 @@ import contextlib
 import http.server
 import json
 import re
-import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -16,7 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from localgateway.testing import Gateway, free_port, running_gateway, wait_until
+from localgateway.testing import Gateway, running_gateway, wait_until
+from tests.support.http import start_server, stop_server
 
 from .conftest import ROOT, page_url
 from .test_demo_page import connect, connection_id, join, open_demo, send
@@ -162,14 +162,11 @@ def attacker_site(stale_gateway: Gateway) -> Iterator[str]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
+    server = start_server(Handler)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
     finally:
-        server.shutdown()
-        server.server_close()
+        stop_server(server)
 
 
 def test_a_page_on_another_origin_cannot_drive_the_gateway(

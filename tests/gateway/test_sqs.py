@@ -6,9 +6,12 @@ the fixture's consumer records what it receives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +21,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from localgateway.sqs import dlq_name, failed_message_ids
+from localgateway.sqs import STOP_GRACE_SECONDS, LocalQueues, dlq_name, failed_message_ids
 from localgateway.sqs_server import SqsBackend, SqsError
-from localgateway.testing import Gateway, running_gateway, wait_until
+from localgateway.testing import Gateway, running_gateway, stop_process, wait_until
 
 from .conftest import FIXTURES
 
@@ -206,3 +209,79 @@ def test_backend_answers_like_sqs() -> None:
     moto_message = MotoMessage("id", "body")
     moto_message.message_attributes = attributes
     assert rendered["MD5OfMessageAttributes"] == moto_message.attribute_md5
+
+
+def test_stop_ends_an_open_long_poll_instead_of_waiting_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At shutdown a poller's long poll (here 20 s) is still open: the builtin server cancels it
+    and exits by itself (status 0), rather than being killed after ``stop``'s grace period."""
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    queues = LocalQueues(["jobs"])
+    url = queues.start()["jobs"]
+    client = boto3.client("sqs", endpoint_url=queues.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          config=Config(retries={"total_max_attempts": 1}, read_timeout=30))
+    answers: list[Any] = []
+
+    def long_poll() -> None:
+        try:
+            answers.append(client.receive_message(QueueUrl=url, WaitTimeSeconds=20))
+        except Exception as exc:  # the server went away under the poll
+            answers.append(exc)
+
+    poller = threading.Thread(target=long_poll, daemon=True)
+    poller.start()
+    time.sleep(0.5)  # let the request reach the server (nothing to observe it by)
+    try:
+        status = queues.stop()
+    finally:
+        queues.stop()  # idempotent: None once stopped
+    assert status == 0
+    poller.join(timeout=STOP_GRACE_SECONDS)
+    assert answers, "the long poll is still open after the server stopped"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        with contextlib.suppress(FileNotFoundError):
+            for task in os.listdir(f"/proc/{parent}/task"):
+                with contextlib.suppress(FileNotFoundError):
+                    with open(f"/proc/{parent}/task/{task}/children") as f:
+                        kids = {int(kid) for kid in f.read().split()}
+                    pending += sorted(kids - found)
+                    found |= kids
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_the_gateway_cleanly_with_its_containers_and_queue_server(
+    tmp_path: Path,
+) -> None:
+    """The gateway's own shutdown (SQS server and containers stopped concurrently, idle
+    containers in parallel) ends with status 0 and leaves no process of its own behind."""
+    record_file = tmp_path / "records.jsonl"
+    env = {**os.environ, "MODEL_RECORD_FILE": str(record_file)}
+    with running_gateway(str(MODEL), env=env) as gw:
+        client = sqs_client(queue_url(gw, "model-jobs"))
+        client.send_message(QueueUrl=queue_url(gw, "model-jobs"), MessageBody="warm")
+        wait_until(lambda: bodies(record_file, "warm"), 20, "the consumer's container")
+        spawned = _descendants(gw.process.pid)
+        assert len(spawned) >= 2, spawned  # the SQS server and at least one container
+        stop_process(gw.process)
+        assert gw.process.returncode == 0, gw.log()[-2000:]
+        wait_until(lambda: not [pid for pid in spawned if _running(pid)] or None, 10,
+                   "the gateway's processes to exit")
